@@ -1,0 +1,73 @@
+# Shortcuts for the commands developers and CI run. Every target is a plain
+# command you can also type yourself (nothing here is required: README's commands
+# work without make). `make` or `make help` lists them.
+
+.DEFAULT_GOAL := help
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+IMAGE ?= shout-proxy:dev
+OVERLAY ?= prod
+NAMESPACE_prod := shout-proxy
+NAMESPACE_dev := shout-proxy-dev
+FAKE_UPSTREAM_LISTEN ?= 127.0.0.1:9000
+
+.PHONY: help debug run test lint fmt fake-upstream openapi build-docker debug-docker \
+        validate prometheus-check bench deploy clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+debug: ## Run the proxy from a debug build (cargo run)
+	cargo run
+
+run: ## Run the proxy from a release build
+	cargo run --release
+
+test: ## Run every test, OpenAPI drift included (cargo test)
+	cargo test
+
+lint: ## Check formatting and run clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+fake-upstream: ## Run the fake shoutcloud on 127.0.0.1:9000 (FAKE_UPSTREAM_LISTEN=...)
+	cargo run --release --example fake_shoutcloud -- --listen $(FAKE_UPSTREAM_LISTEN)
+
+openapi: ## Regenerate the committed OpenAPI document
+	SHOUT_UPDATE_OPENAPI=1 cargo test openapi
+
+build-docker: ## Build the container image shout-proxy:dev (IMAGE=...)
+	docker build \
+	  --build-arg VERSION="$$(git describe --tags --always --dirty 2>/dev/null || echo dev)" \
+	  --build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+	  --build-arg CREATED="$$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+	  -t $(IMAGE) .
+
+debug-docker: build-docker ## Run the image with text debug logs, upstream = `make fake-upstream` on the host
+	docker run --rm -it \
+	  -p 8080:8080 -p 8081:8081 \
+	  --read-only --cap-drop ALL --security-opt no-new-privileges \
+	  --add-host host.docker.internal:host-gateway \
+	  -e SHOUT_UPSTREAM_URL=http://host.docker.internal:9000/V1/SHOUT \
+	  -e SHOUT_LOG_FORMAT=text -e SHOUT_LOG=debug \
+	  $(IMAGE)
+
+validate: ## Lint and validate Dockerfile, k8s manifests and workflows
+	bash .ci/validate-delivery.sh
+
+prometheus-check: ## Check the Prometheus rules, alerts and their tests
+	bash .ci/prometheus-check.sh
+
+bench: ## Run the load benchmark
+	bash .ci/bench.sh
+
+deploy: ## kubectl apply -k k8s/overlays/prod and wait (OVERLAY=dev; current kube context)
+	kubectl apply -k k8s/overlays/$(OVERLAY)
+	kubectl rollout status deployment/shout-proxy -n $(NAMESPACE_$(OVERLAY)) --timeout=5m
+
+clean: ## Remove build artefacts
+	cargo clean

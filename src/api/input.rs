@@ -1,0 +1,268 @@
+//! Reading the string to shout from a request: JSON or form, with a precise reason on failure.
+//!
+//! `ShoutInput` is a poem-openapi extractor rather than `Json<T>`/`Form<T>` so that it can (1)
+//! document both content types with one schema, (2) name exactly what was wrong in the 400's
+//! `detail`, (3) enforce the body limit while reading, whether or not `Content-Length` is sent,
+//! and (4) keep a client of the original service working: its README's example sends a JSON
+//! body under curl's default form content type, which the original accepted.
+
+use poem::{Request, RequestBody};
+use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, Object};
+
+use crate::api::error::ApiError;
+
+/// The request body: the string to reverse and capitalize.
+#[derive(Debug, Clone, Object)]
+#[oai(example)]
+pub struct ShoutRequest {
+    /// The string to reverse and capitalize. Any Unicode; may be empty. As a form field, send
+    /// `data=<string>`. Other JSON fields are ignored.
+    pub data: String,
+}
+
+impl poem_openapi::types::Example for ShoutRequest {
+    fn example() -> Self {
+        Self {
+            data: "test".to_string(),
+        }
+    }
+}
+
+/// The body limit in force, set on the route as request data.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// The `data` string read from a request.
+#[derive(Debug)]
+pub struct ShoutInput(pub String);
+
+const JSON: &str = "application/json";
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The kind of body a `Content-Type` announces.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+    Missing,
+    Other(String),
+}
+
+fn body_kind(content_type: Option<&str>) -> BodyKind {
+    let Some(value) = content_type else {
+        return BodyKind::Missing;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == JSON || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        BodyKind::Json
+    } else if essence == FORM {
+        BodyKind::Form
+    } else {
+        BodyKind::Other(value.to_string())
+    }
+}
+
+fn unparseable(detail: impl Into<String>) -> ApiError {
+    ApiError::Unparseable(detail.into())
+}
+
+/// The `data` string of a JSON body.
+fn from_json(text: &str) -> Result<String, ApiError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| unparseable(format!("the body is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err(unparseable(format!(
+            "the JSON body must be an object, not {}",
+            json_kind(&value)
+        )));
+    };
+    match object.remove("data") {
+        Some(serde_json::Value::String(data)) => Ok(data),
+        Some(other) => Err(unparseable(format!(
+            "field `data` must be a string, not {}",
+            json_kind(&other)
+        ))),
+        None => Err(unparseable("field `data` is missing from the JSON object")),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The `data` field of a form body, or of a JSON body sent under the form content type.
+fn from_form(text: &str) -> Result<String, ApiError> {
+    if let Some((_, value)) = form_urlencoded::parse(text.as_bytes()).find(|(key, _)| key == "data")
+    {
+        return Ok(value.into_owned());
+    }
+    // The original service's README sends `{"data": ...}` with curl's default form type.
+    if text.trim_start().starts_with('{') {
+        return from_json(text);
+    }
+    Err(unparseable("form field `data` is missing"))
+}
+
+/// Reads `data` from `body` as its content type says.
+pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<String, ApiError> {
+    let parse: fn(&str) -> Result<String, ApiError> = match body_kind(content_type) {
+        BodyKind::Json => from_json,
+        BodyKind::Form => from_form,
+        BodyKind::Missing => from_untyped,
+        BodyKind::Other(other) => {
+            return Err(unparseable(format!(
+                "content type `{other}` is not supported; send {JSON} or {FORM}"
+            )));
+        }
+    };
+    if body.is_empty() {
+        return Err(unparseable("the request body is empty"));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| unparseable(format!("the body is not UTF-8: {e}")))?;
+    parse(text)
+}
+
+/// A body without a content type is read as JSON.
+fn from_untyped(text: &str) -> Result<String, ApiError> {
+    from_json(text).map_err(|e| {
+        unparseable(format!(
+            "no content type was sent and the body is not JSON with a string `data` ({e})"
+        ))
+    })
+}
+
+async fn read_body(request: &Request, body: &mut RequestBody) -> Result<Vec<u8>, ApiError> {
+    let limit = request
+        .data::<BodyLimit>()
+        .map_or(64 * 1024, |limit| limit.0);
+    let too_large = ApiError::TooLarge { limit };
+    if let Some(length) = request.header(poem::http::header::CONTENT_LENGTH) {
+        if length.trim().parse::<u64>().is_ok_and(|n| n > limit as u64) {
+            return Err(too_large);
+        }
+    }
+    let body = body
+        .take()
+        .map_err(|e| ApiError::Internal(format!("request body taken twice: {e}")))?;
+    match body.into_bytes_limit(limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large),
+        Err(e) => Err(unparseable(format!("the body could not be read: {e}"))),
+    }
+}
+
+impl<'a> ApiExtractor<'a> for ShoutInput {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        ShoutRequest::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        let schema: MetaSchemaRef = ShoutRequest::schema_ref();
+        Some(MetaRequest {
+            description: Some("The string to reverse and capitalize, as JSON or as a form field."),
+            content: vec![
+                MetaMediaType {
+                    content_type: JSON,
+                    schema: schema.clone(),
+                },
+                MetaMediaType {
+                    content_type: FORM,
+                    schema,
+                },
+            ],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _options: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let bytes = read_body(request, body).await?;
+        Ok(ShoutInput(parse_body(request.content_type(), &bytes)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(result: Result<String, ApiError>) -> String {
+        match result {
+            Err(ApiError::Unparseable(detail)) => detail,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_json_and_ignores_other_fields() {
+        assert_eq!(
+            parse_body(Some(JSON), br#"{"data":"test","x":1}"#).ok(),
+            Some("test".into())
+        );
+    }
+
+    #[test]
+    fn reads_form_fields_with_percent_encoding() {
+        assert_eq!(
+            parse_body(Some(FORM), b"x=1&data=h%C3%A9llo+w").ok(),
+            Some("héllo w".into())
+        );
+    }
+
+    #[test]
+    fn accepts_json_sent_as_form_like_the_original_readme_does() {
+        assert_eq!(
+            parse_body(Some(FORM), br#"{"data": "test"}"#).ok(),
+            Some("test".into())
+        );
+    }
+
+    #[test]
+    fn names_each_cause() {
+        assert!(detail(parse_body(Some(JSON), br#"{"x":1}"#)).contains("missing"));
+        assert!(detail(parse_body(Some(JSON), br#"{"data":5}"#)).contains("a number"));
+        assert!(detail(parse_body(Some(JSON), br#"{"data":"#)).contains("not valid JSON"));
+        assert!(detail(parse_body(Some(JSON), b"[1]")).contains("an array"));
+        assert!(detail(parse_body(Some("text/plain"), b"data=x")).contains("text/plain"));
+        assert!(detail(parse_body(Some(JSON), b"\xff\xfe")).contains("UTF-8"));
+        assert!(detail(parse_body(Some(JSON), b"")).contains("empty"));
+        assert!(
+            detail(parse_body(Some(FORM), b"other=1")).contains("form field `data` is missing")
+        );
+    }
+
+    #[test]
+    fn content_type_parameters_and_json_suffixes_are_understood() {
+        assert_eq!(
+            body_kind(Some("application/json; charset=utf-8")),
+            BodyKind::Json
+        );
+        assert_eq!(body_kind(Some("application/vnd.api+json")), BodyKind::Json);
+        assert_eq!(
+            body_kind(Some("Application/X-WWW-Form-Urlencoded")),
+            BodyKind::Form
+        );
+    }
+}

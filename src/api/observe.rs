@@ -1,0 +1,100 @@
+//! The public port's outermost layer: a server span per request (child of the caller's
+//! `traceparent`), the HTTP server metrics, and the conversion of every error into `ApiError`'s
+//! JSON, so that the status that is counted is the status that is sent.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::{Endpoint, IntoResponse, Request, Response, Result};
+use tracing::Instrument;
+
+use crate::api::error::ApiError;
+use crate::metrics::Metrics;
+
+/// The route template of a path, for bounded metric labels and span names.
+pub fn route_template(path: &str) -> &'static str {
+    match path {
+        "/" => "/",
+        "/v1" => "/v1",
+        "/v1/" => "/v1/",
+        "/health" => "/health",
+        "/openapi.json" => "/openapi.json",
+        "/openapi.yaml" => "/openapi.yaml",
+        p if p == "/docs" || p.starts_with("/docs/") => "/docs",
+        _ => "other",
+    }
+}
+
+/// Wraps the public endpoint; see the module docs.
+#[derive(Debug)]
+pub struct Observe<E> {
+    /// The routes.
+    inner: E,
+    /// Where HTTP metrics go.
+    metrics: Arc<Metrics>,
+}
+
+impl<E> Observe<E> {
+    /// Observes `inner`.
+    pub fn new(inner: E, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+/// Keeps `http_server_active_requests` right even when a request is cancelled.
+struct Active(prometheus::IntGauge);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl<E: Endpoint> Endpoint for Observe<E> {
+    type Output = Response;
+
+    async fn call(&self, request: Request) -> Result<Response> {
+        let method = request.method().clone();
+        let route = route_template(request.uri().path());
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let caller = crate::telemetry::adopt_trace_context(&span, request.headers());
+        let mut request = request;
+        request.extensions_mut().insert(caller);
+        let active = self
+            .metrics
+            .http_active
+            .with_label_values(&[method.as_str(), route]);
+        active.inc();
+        let _active = Active(active);
+        let started = Instant::now();
+
+        let response = match self.inner.call(request).instrument(span.clone()).await {
+            Ok(output) => output.into_response(),
+            Err(error) => {
+                let _entered = span.enter();
+                let error = ApiError::from_poem(error);
+                poem::error::ResponseError::as_response(&error)
+            }
+        };
+
+        let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        self.metrics
+            .http_duration
+            .with_label_values(&[method.as_str(), route, status.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(response)
+    }
+}

@@ -1,0 +1,110 @@
+//! The answer cache: moka's async cache of confirmed answers, bounded by bytes and by age.
+//!
+//! Only answers shoutcloud confirmed are stored; a fallback answer is never cached, so the
+//! upstream gets another chance on the next request for the same input. Entries are weighed by
+//! their bytes plus a fixed per-entry overhead, so `max_bytes` bounds memory rather than the
+//! number of entries (one long input must not count as one short one).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+
+/// Bytes counted for every entry on top of its key and value: moka's node, the `Arc` headers
+/// and the hash table slot, measured roughly. It keeps a flood of tiny entries honest.
+const ENTRY_OVERHEAD_BYTES: u32 = 128;
+
+/// Cache of confirmed answers: input -> reversed and capitalized output.
+#[derive(Debug, Clone)]
+pub struct AnswerCache {
+    /// moka's cache; `try_get_with` on it coalesces concurrent misses for one key.
+    inner: Cache<Arc<str>, Arc<str>>,
+}
+
+/// Size of the cache for operators.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CacheSnapshot {
+    /// Cached answers.
+    pub entries: u64,
+    /// Weighed size in bytes.
+    pub weighted_bytes: u64,
+    /// The byte bound.
+    pub max_bytes: u64,
+}
+
+impl AnswerCache {
+    /// A cache holding at most `max_bytes` (weighed) for at most `ttl` per entry.
+    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
+        let inner = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &Arc<str>, value: &Arc<str>| -> u32 {
+                let bytes = key.len().saturating_add(value.len());
+                u32::try_from(bytes)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(ENTRY_OVERHEAD_BYTES)
+            })
+            .time_to_live(ttl)
+            .build();
+        Self { inner }
+    }
+
+    /// The cached answer for `input`, if any.
+    pub async fn get(&self, input: &str) -> Option<Arc<str>> {
+        self.inner.get(input).await
+    }
+
+    /// Gets the answer for `key`, running `load` once for all concurrent callers of the same key
+    /// and caching its `Ok`. Callers must not cancel this future before the load's own deadline
+    /// (moka restarts a cancelled load in a waiter): the resolver runs it in a spawned task.
+    pub async fn get_or_load<F, E>(&self, key: Arc<str>, load: F) -> Result<Arc<str>, Arc<E>>
+    where
+        F: Future<Output = Result<Arc<str>, E>>,
+        E: Send + Sync + 'static,
+    {
+        self.inner.try_get_with(key, load).await
+    }
+
+    /// Entries and weighed size. moka applies writes lazily; this flushes them first so the
+    /// numbers are current (called on scrapes and `/status`, not per request).
+    pub async fn snapshot(&self) -> CacheSnapshot {
+        self.inner.run_pending_tasks().await;
+        CacheSnapshot {
+            entries: self.inner.entry_count(),
+            weighted_bytes: self.inner.weighted_size(),
+            max_bytes: self.inner.policy().max_capacity().unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stays_within_its_byte_bound() {
+        let cache = AnswerCache::new(64 * 1024, Duration::from_secs(60));
+        for i in 0..10_000 {
+            let key: Arc<str> = format!("input-{i}").into();
+            let value: Arc<str> = format!("{i}-TUPNI").into();
+            let _ = cache
+                .get_or_load::<_, ()>(key, async move { Ok(value) })
+                .await;
+        }
+        let snapshot = cache.snapshot().await;
+        assert!(snapshot.weighted_bytes <= 64 * 1024, "{snapshot:?}");
+        assert!(
+            snapshot.entries > 0 && snapshot.entries < 10_000,
+            "{snapshot:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_is_not_cached() {
+        let cache = AnswerCache::new(1024 * 1024, Duration::from_secs(60));
+        let failed = cache
+            .get_or_load::<_, &str>("k".into(), async { Err("down") })
+            .await;
+        assert!(failed.is_err());
+        assert!(cache.get("k").await.is_none());
+    }
+}

@@ -1,0 +1,278 @@
+//! Configuration: every setting is a `clap` flag that can also come from a `SHOUT_*` environment
+//! variable, so `shout-proxy --help` is the configuration reference.
+//!
+//! Units are in the names (`--deadline-ms`). Defaults are embedded so that `cargo run --release`
+//! starts a working service with no configuration at all. Cross-field rules (an attempt timeout
+//! no longer than the deadline, backoff bounds in order) are checked once in
+//! [`Settings::validate`], so a bad deployment fails at start with a message naming the flag.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Command line of the `shout-proxy` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shout-proxy",
+    version,
+    about = "Reverses strings and has shoutcloud capitalize them, resiliently."
+)]
+pub struct Cli {
+    /// What to do; without a subcommand the service runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The service's settings.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Subcommands besides running the service.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Probe the admin listener's `/livez` and exit 0 when it answers 200 (for container
+    /// HEALTHCHECKs in images without a shell).
+    Healthcheck,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// All settings of the service.
+#[derive(Debug, Clone, Parser)]
+pub struct Settings {
+    /// Address of the public API listener.
+    #[arg(long, env = "SHOUT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the operators' listener (/livez, /readyz, /metrics, /status); never public.
+    #[arg(long, env = "SHOUT_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    pub admin_listen: SocketAddr,
+
+    /// The shoutcloud endpoint: POST {"INPUT": s} answers {"INPUT": s, "OUTPUT": S}.
+    #[arg(
+        long,
+        env = "SHOUT_UPSTREAM_URL",
+        default_value = "http://api.shoutcloud.io/V1/SHOUT"
+    )]
+    pub upstream_url: String,
+
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[arg(long, env = "SHOUT_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Overall deadline for getting an answer from shoutcloud, retries included; when it passes
+    /// the local fallback answers.
+    #[arg(long, env = "SHOUT_DEADLINE_MS", default_value_t = 1000)]
+    pub deadline_ms: u64,
+
+    /// Timeout of one upstream attempt (connect, send, read the answer).
+    #[arg(long, env = "SHOUT_UPSTREAM_TIMEOUT_MS", default_value_t = 300)]
+    pub upstream_timeout_ms: u64,
+
+    /// Timeout for establishing a TCP connection to the upstream.
+    #[arg(long, env = "SHOUT_UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 200)]
+    pub upstream_connect_timeout_ms: u64,
+
+    /// Most retries after the first attempt of one request (each also needs the retry budget).
+    #[arg(long, env = "SHOUT_RETRY_MAX", default_value_t = 2)]
+    pub retry_max: u32,
+
+    /// Smallest backoff before a retry (exponential, full jitter).
+    #[arg(long, env = "SHOUT_RETRY_MIN_BACKOFF_MS", default_value_t = 10)]
+    pub retry_min_backoff_ms: u64,
+
+    /// Largest backoff before a retry.
+    #[arg(long, env = "SHOUT_RETRY_MAX_BACKOFF_MS", default_value_t = 200)]
+    pub retry_max_backoff_ms: u64,
+
+    /// Retries may add at most this fraction to upstream traffic over the budget window.
+    #[arg(long, env = "SHOUT_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+
+    /// Retries per second always allowed, whatever the traffic (the budget's floor).
+    #[arg(long, env = "SHOUT_RETRY_BUDGET_MIN_PER_SEC", default_value_t = 10)]
+    pub retry_budget_min_per_sec: u32,
+
+    /// Sliding window of the retry budget, in seconds.
+    #[arg(long, env = "SHOUT_RETRY_BUDGET_WINDOW_SECS", default_value_t = 10)]
+    pub retry_budget_window_secs: u64,
+
+    /// The breaker opens after this many consecutive failed attempts.
+    #[arg(long, env = "SHOUT_BREAKER_CONSECUTIVE_FAILURES", default_value_t = 5)]
+    pub breaker_consecutive_failures: u32,
+
+    /// The breaker also opens when the success rate over its window falls below this.
+    #[arg(long, env = "SHOUT_BREAKER_MIN_SUCCESS_RATE", default_value_t = 0.5)]
+    pub breaker_min_success_rate: f64,
+
+    /// Calls needed in the window before the success rate can open the breaker.
+    #[arg(long, env = "SHOUT_BREAKER_MIN_CALLS", default_value_t = 20)]
+    pub breaker_min_calls: u32,
+
+    /// Window of the breaker's success rate, in whole seconds.
+    #[arg(long, env = "SHOUT_BREAKER_WINDOW_SECS", default_value_t = 10)]
+    pub breaker_window_secs: u64,
+
+    /// How long the breaker stays open after its first trip; doubles with each repeated trip.
+    #[arg(long, env = "SHOUT_BREAKER_OPEN_MS", default_value_t = 5000)]
+    pub breaker_open_ms: u64,
+
+    /// Longest open period of the breaker.
+    #[arg(long, env = "SHOUT_BREAKER_MAX_OPEN_MS", default_value_t = 60_000)]
+    pub breaker_max_open_ms: u64,
+
+    /// Most concurrent upstream calls (the bulkhead); beyond it the fallback answers at once.
+    #[arg(long, env = "SHOUT_BULKHEAD", default_value_t = 128)]
+    pub bulkhead: usize,
+
+    /// Byte bound of the answer cache (keys and values weighed).
+    #[arg(long, env = "SHOUT_CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub cache_max_bytes: u64,
+
+    /// How long a confirmed answer stays cached, in seconds.
+    #[arg(long, env = "SHOUT_CACHE_TTL_SECS", default_value_t = 600)]
+    pub cache_ttl_secs: u64,
+
+    /// After SIGTERM/SIGINT, keep serving this long while /readyz says 503 so load balancers
+    /// move away; then stop accepting and finish in-flight requests.
+    #[arg(long, env = "SHOUT_DRAIN_MS", default_value_t = 5000)]
+    pub drain_ms: u64,
+
+    /// Longest wait for in-flight requests once the listener stopped accepting.
+    #[arg(long, env = "SHOUT_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Close keep-alive connections idle this long.
+    #[arg(long, env = "SHOUT_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "SHOUT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` env-filter syntax (e.g. `info,shout_proxy=debug`).
+    #[arg(long, env = "SHOUT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A setting that cannot work, named by its flag.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A value outside its allowed range.
+    #[error("--{flag}: {reason}")]
+    Invalid {
+        /// The flag's name without dashes.
+        flag: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+impl Settings {
+    /// Parses settings from defaults only (no command line, no environment), for tests and
+    /// embedding.
+    pub fn defaults() -> Self {
+        // Parsing an empty command line only applies the embedded defaults.
+        Settings::parse_from(["shout-proxy"])
+    }
+
+    /// Checks the rules that span fields; the service refuses to start when one fails.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.deadline_ms == 0 {
+            return Err(invalid("deadline-ms", "must be above 0"));
+        }
+        if self.upstream_timeout_ms == 0 || self.upstream_timeout_ms > self.deadline_ms {
+            return Err(invalid(
+                "upstream-timeout-ms",
+                "must be above 0 and at most --deadline-ms",
+            ));
+        }
+        if self.retry_min_backoff_ms == 0 || self.retry_min_backoff_ms > self.retry_max_backoff_ms {
+            return Err(invalid(
+                "retry-min-backoff-ms",
+                "must be above 0 and at most --retry-max-backoff-ms",
+            ));
+        }
+        if !(0.0..=10.0).contains(&self.retry_budget_ratio) {
+            return Err(invalid("retry-budget-ratio", "must be between 0 and 10"));
+        }
+        if self.retry_budget_window_secs == 0 {
+            return Err(invalid("retry-budget-window-secs", "must be above 0"));
+        }
+        if self.breaker_consecutive_failures == 0 {
+            return Err(invalid("breaker-consecutive-failures", "must be above 0"));
+        }
+        if !(0.0..=1.0).contains(&self.breaker_min_success_rate) {
+            return Err(invalid(
+                "breaker-min-success-rate",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.breaker_window_secs == 0 {
+            return Err(invalid(
+                "breaker-window-secs",
+                "must be at least 1 (whole seconds)",
+            ));
+        }
+        if self.breaker_open_ms == 0 || self.breaker_open_ms > self.breaker_max_open_ms {
+            return Err(invalid(
+                "breaker-open-ms",
+                "must be above 0 and at most --breaker-max-open-ms",
+            ));
+        }
+        if self.bulkhead == 0 {
+            return Err(invalid("bulkhead", "must be above 0"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(invalid("max-body-bytes", "must be above 0"));
+        }
+        reqwest::Url::parse(&self.upstream_url)
+            .map_err(|e| invalid("upstream-url", format!("not a URL: {e}")))?;
+        Ok(())
+    }
+
+    /// The overall upstream deadline.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    /// The drain period after a stop signal.
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let settings = Settings::defaults();
+        settings.validate().expect("defaults must validate");
+        assert_eq!(settings.listen.port(), 8080);
+        assert_eq!(settings.admin_listen.port(), 8081);
+    }
+
+    #[test]
+    fn an_attempt_timeout_beyond_the_deadline_is_refused_by_flag_name() {
+        let mut settings = Settings::defaults();
+        settings.upstream_timeout_ms = settings.deadline_ms + 1;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("--upstream-timeout-ms"), "{err}");
+    }
+}

@@ -1,0 +1,34 @@
+//! shout-proxy: reverses strings and has shoutcloud capitalize them, resiliently.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings (`clap` + `SHOUT_*` environment), validated once.
+//! - [`startup`]: [`startup::Application`] binds both listeners and runs until stopped.
+//! - [`api`]: the public port (poem-openapi): operations, request reading, the one error mapping.
+//! - [`admin`]: the operators' port: `/livez`, `/readyz`, `/metrics`, `/status`.
+//! - [`shout`]: the domain: the transform, and the resolve pipeline.
+//! - [`upstream`]: the shoutcloud client with retry, budget and circuit breaker.
+//! - [`cache`]: confirmed answers, bounded by bytes and age.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics; logs and OpenTelemetry traces.
+//!
+//! # How a request flows
+//!
+//! `api::observe` (server span, metrics) -> `api::input` (read `data`, or 400/413) ->
+//! `shout::resolve`: cache -> single flight -> deadline -> bulkhead ->
+//! `upstream::client` (retry with budget -> breaker -> timed attempt -> validation) ->
+//! fallback (the local transform) when anything below the cache gave no confirmed answer.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod shout;
+pub mod startup;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,137 @@
+//! Logs and traces: `tracing` for both, with OpenTelemetry export when an operator asks for it.
+//!
+//! Logs go to stdout as JSON or text. Traces are exported over OTLP/HTTP only when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; without it no exporter runs and no per-request events
+//! below the log level are even built. When it is set, the OpenTelemetry layer gets its own
+//! filter (`shout_proxy=debug`) so request-level events (cache hit, breaker rejection, fallback
+//! reason) land on the spans without flooding the logs. W3C `traceparent` is read from incoming
+//! requests and written into every upstream attempt.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, global};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{LogFormat, Settings};
+
+/// Keeps the tracer provider alive; flushes spans when dropped at shutdown.
+#[derive(Debug, Default)]
+pub struct TelemetryGuard {
+    /// The OTLP provider, when exporting.
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("flushing traces at shutdown failed: {e}");
+        }
+    }
+}
+
+/// Installs the W3C `traceparent` propagator (idempotent; `Application::build` calls it).
+pub fn install_propagator() {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+}
+
+/// Installs the global subscriber and the W3C propagator.
+pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
+    install_propagator();
+    let filter = EnvFilter::try_new(&settings.log)
+        .map_err(|e| anyhow::anyhow!("--log {:?} is not a valid filter: {e}", settings.log))?;
+    let fmt = match settings.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    }
+    .with_filter(filter);
+
+    let provider = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the OTLP span exporter: {e}"))?;
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name("shout-proxy")
+                        .build(),
+                )
+                .build(),
+        )
+    } else {
+        None
+    };
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("shout-proxy"))
+            .with_filter(EnvFilter::new("info,shout_proxy=debug"))
+    });
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the tracing subscriber: {e}"))?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// The caller's W3C trace context, carried with a request so that it reaches the upstream even
+/// when no OpenTelemetry layer is installed (then the service passes it through unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct CallerContext(pub Context);
+
+/// Makes `span` a child of the W3C trace context in `headers`, if they carry one, records the
+/// trace id in its `trace_id` field so that log lines inside the request carry it, and returns
+/// the caller's context.
+pub fn adopt_trace_context(span: &tracing::Span, headers: &http::HeaderMap) -> CallerContext {
+    use opentelemetry::trace::TraceContextExt;
+
+    let parent: Context =
+        global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+    let remote = parent.span().span_context().trace_id();
+    // An error only means no OpenTelemetry layer is installed; the caller's id is still logged.
+    let _ = span.set_parent(parent.clone());
+    let own = span.context().span().span_context().trace_id();
+    let trace_id = if own != opentelemetry::trace::TraceId::INVALID {
+        own
+    } else {
+        remote
+    };
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+    CallerContext(parent)
+}
+
+/// Writes `span`'s W3C trace context (`traceparent`) into outgoing `headers`; without an
+/// OpenTelemetry layer `span` has none, and the caller's context is passed on instead.
+pub fn inject_trace_context(
+    span: &tracing::Span,
+    caller: &CallerContext,
+    headers: &mut http::HeaderMap,
+) {
+    use opentelemetry::trace::TraceContextExt;
+
+    let own = span.context();
+    let context = if own.span().span_context().is_valid() {
+        own
+    } else {
+        caller.0.clone()
+    };
+    global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(headers));
+    });
+}
