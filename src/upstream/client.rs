@@ -288,7 +288,7 @@ impl AttemptMiddleware {
             error.type = tracing::field::Empty,
         );
         if resend_count > 0 {
-            span.record("http.request.resend_count", resend_count);
+            span.record("http.request.resend_count", i64::from(resend_count));
         }
         crate::telemetry::inject_trace_context(&span, &state.caller, request.headers_mut());
 

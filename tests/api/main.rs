@@ -1,0 +1,13 @@
+//! Integration tests: the real application on port 0 against a wiremock shoutcloud.
+
+// Test code: an unwrap that fails is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+mod admin;
+mod contract;
+mod docs;
+mod faults;
+mod helpers;
+mod propagation;
+mod resilience;
+mod unicode;

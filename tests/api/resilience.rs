@@ -1,0 +1,218 @@
+//! The pipeline's promises, proven with upstream call counts: the breaker stops calls, the
+//! half-open state sends one probe, retries stop at the budget, misses coalesce, the cache keeps
+//! only confirmed answers within its bound, and a full bulkhead answers at once.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use wiremock::ResponseTemplate;
+
+use crate::helpers::{shout_call, shoutcloud, spawn_app_with};
+
+#[tokio::test]
+async fn after_the_breaker_opens_no_call_reaches_the_upstream() {
+    let app = spawn_app_with(|s| {
+        s.breaker_consecutive_failures = 3;
+        s.retry_max = 0;
+    })
+    .await;
+    shout_call()
+        .respond_with(ResponseTemplate::new(500))
+        .expect(3)
+        .mount(&app.upstream)
+        .await;
+
+    for i in 0..20 {
+        let input = format!("down {i}");
+        let answer = app.shout(&input).await;
+        assert_eq!(
+            answer.data(),
+            input.chars().rev().collect::<String>().to_uppercase()
+        );
+        assert_eq!(answer.source(), "fallback");
+    }
+
+    assert_eq!(app.status().await["pipeline"]["breaker"]["state"], "open");
+}
+
+#[tokio::test]
+async fn half_open_sends_exactly_one_probe_under_concurrent_load_then_closes() {
+    let app = spawn_app_with(|s| {
+        s.breaker_consecutive_failures = 2;
+        s.retry_max = 0;
+        s.breaker_open_ms = 300;
+        s.upstream_timeout_ms = 1000;
+    })
+    .await;
+    shout_call()
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .mount(&app.upstream)
+        .await;
+    shout_call()
+        .respond_with(|request: &wiremock::Request| {
+            shoutcloud(request).set_delay(Duration::from_millis(300))
+        })
+        .mount(&app.upstream)
+        .await;
+    app.shout("a").await;
+    app.shout("b").await;
+    assert_eq!(app.status().await["pipeline"]["breaker"]["state"], "open");
+
+    // The breaker's open period is wall-clock time: wait it out.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let app = &app;
+    let answers =
+        join_all((0..20).map(|i| async move { app.shout(&format!("probe {i}")).await })).await;
+
+    let from_upstream = answers.iter().filter(|a| a.source() == "upstream").count();
+    assert_eq!(from_upstream, 1, "exactly one probe");
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(
+            answer.data(),
+            format!("probe {i}")
+                .chars()
+                .rev()
+                .collect::<String>()
+                .to_uppercase()
+        );
+    }
+    assert_eq!(app.upstream_calls().await, 3, "two failures and one probe");
+    assert_eq!(app.status().await["pipeline"]["breaker"]["state"], "closed");
+    assert_eq!(
+        app.shout("back").await.source(),
+        "upstream",
+        "closed again: answers come from the upstream"
+    );
+}
+
+#[tokio::test]
+async fn retries_stop_when_the_budget_is_spent() {
+    // No ratio, a floor of 1 retry/s over 10 s: 10 retries in all, whatever retry_max allows.
+    let app = spawn_app_with(|s| {
+        s.retry_max = 2;
+        s.retry_min_backoff_ms = 1;
+        s.retry_max_backoff_ms = 2;
+        s.retry_budget_ratio = 0.0;
+        s.retry_budget_min_per_sec = 1;
+        s.retry_budget_window_secs = 10;
+        s.breaker_consecutive_failures = 1000;
+        s.breaker_min_calls = 100_000;
+    })
+    .await;
+    shout_call()
+        .respond_with(ResponseTemplate::new(503))
+        .expect(20 + 10)
+        .mount(&app.upstream)
+        .await;
+
+    for i in 0..20 {
+        assert_eq!(app.shout(&format!("r{i}")).await.source(), "fallback");
+    }
+
+    let scrape = app.metrics().await;
+    assert_eq!(
+        crate::helpers::sample(&scrape, "shout_upstream_retries_total"),
+        10.0
+    );
+    assert!(crate::helpers::sample(&scrape, "shout_upstream_retry_budget_exhausted_total") >= 5.0);
+}
+
+#[tokio::test]
+async fn concurrent_identical_misses_make_one_upstream_call() {
+    let app = spawn_app_with(|_| {}).await;
+    shout_call()
+        .respond_with(|request: &wiremock::Request| {
+            shoutcloud(request).set_delay(Duration::from_millis(200))
+        })
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+
+    let answers = join_all((0..10).map(|_| app.shout("same"))).await;
+
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.data() == "EMAS" && a.source() == "upstream"),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_cache_never_holds_a_fallback_answer() {
+    let app = spawn_app_with(|s| s.retry_max = 0).await;
+    shout_call()
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&app.upstream)
+        .await;
+    shout_call()
+        .respond_with(shoutcloud)
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+
+    let first = app.shout("key").await;
+    let second = app.shout("key").await;
+    let third = app.shout("key").await;
+
+    assert_eq!(
+        [first.source(), second.source(), third.source()],
+        ["fallback", "upstream", "cache"]
+    );
+    assert!([first, second, third].iter().all(|a| a.data() == "YEK"));
+}
+
+#[tokio::test]
+async fn the_cache_respects_its_byte_bound() {
+    let app = spawn_app_with(|s| s.cache_max_bytes = 8 * 1024).await;
+    app.healthy_upstream().await;
+
+    for i in 0..200 {
+        app.shout(&format!("{i:0>100}")).await;
+    }
+
+    let cache = &app.status().await["pipeline"]["cache"];
+    let weighted = cache["weighted_bytes"].as_u64().unwrap();
+    assert!(weighted <= 8 * 1024, "{cache}");
+    assert!(cache["entries"].as_u64().unwrap() < 200, "{cache}");
+}
+
+#[tokio::test]
+async fn a_full_bulkhead_answers_from_the_fallback_at_once() {
+    let app = spawn_app_with(|s| {
+        s.bulkhead = 1;
+        s.upstream_timeout_ms = 1000;
+    })
+    .await;
+    shout_call()
+        .respond_with(|request: &wiremock::Request| {
+            shoutcloud(request).set_delay(Duration::from_millis(400))
+        })
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+
+    let (slow, rejected) = tokio::join!(app.shout("one"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        (app.shout("two").await, started.elapsed())
+    });
+
+    assert_eq!((slow.data(), slow.source()), ("ENO", "upstream"));
+    assert_eq!(
+        (rejected.0.data(), rejected.0.source()),
+        ("OWT", "fallback")
+    );
+    assert!(
+        rejected.1 < Duration::from_millis(200),
+        "no queueing: {:?}",
+        rejected.1
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        crate::helpers::sample(&scrape, "shout_bulkhead_rejected_total"),
+        1.0
+    );
+}
