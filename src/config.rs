@@ -157,8 +157,10 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Log filter in `tracing` env-filter syntax (e.g. `info,shout_proxy=debug`).
-    #[arg(long, env = "SHOUT_LOG", default_value = "info")]
+    /// Log filter in `tracing` env-filter syntax (e.g. `info,shout_proxy=debug`). reqwest-retry
+    /// logs every retry at WARN; retries are counted in metrics and traced, so the default
+    /// keeps only its errors.
+    #[arg(long, env = "SHOUT_LOG", default_value = "info,reqwest_retry=error")]
     pub log: String,
 }
 
