@@ -153,6 +153,18 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
+    /// Time allowed for a complete request head; slower connections are closed.
+    #[arg(long, env = "SHOUT_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Time allowed for reading a request body once its head arrived; slower bodies get 408.
+    #[arg(long, env = "SHOUT_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Most open connections on the public port; beyond it new ones wait in the backlog.
+    #[arg(long, env = "SHOUT_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Log format.
     #[arg(long, env = "SHOUT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -238,6 +250,15 @@ impl Settings {
         }
         if self.bulkhead == 0 {
             return Err(invalid("bulkhead", "must be above 0"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max-connections", "must be above 0"));
+        }
+        if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
+            return Err(invalid(
+                "header-read-timeout-ms",
+                "read timeouts must be above 0",
+            ));
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max-body-bytes", "must be above 0"));

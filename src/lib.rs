@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: settings (`clap` + `SHOUT_*` environment), validated once.
 //! - [`startup`]: [`startup::Application`] binds both listeners and runs until stopped.
+//! - [`connections`]: the public listener's connection cap and request-head timeout.
 //! - [`api`]: the public port (poem-openapi): operations, request reading, the one error mapping.
 //! - [`admin`]: the operators' port: `/livez`, `/readyz`, `/metrics`, `/status`.
 //! - [`shout`]: the domain: the transform, and the resolve pipeline.
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod metrics;
 pub mod shout;
 pub mod startup;

@@ -18,9 +18,11 @@ use poem::listener::{Acceptor, TcpAcceptor};
 use tokio::sync::watch;
 
 use crate::admin::{Readiness, admin_endpoint};
+use crate::api::input::BodyLimits;
 use crate::api::public_endpoint;
 use crate::cache::AnswerCache;
 use crate::config::Settings;
+use crate::connections::GuardedAcceptor;
 use crate::metrics::Metrics;
 use crate::shout::Resolver;
 use crate::shout::resolve::ResolverParts;
@@ -157,11 +159,23 @@ impl Application {
         let idle = Duration::from_millis(settings.idle_timeout_ms);
         let grace = Some(Duration::from_millis(settings.shutdown_timeout_ms));
 
+        let public = GuardedAcceptor::new(
+            public,
+            settings.max_connections,
+            Duration::from_millis(settings.header_read_timeout_ms),
+        );
         let public_server = Server::new_with_acceptor(public)
             .name("public")
             .idle_timeout(idle)
             .run_with_graceful_shutdown(
-                public_endpoint(resolver.clone(), metrics.clone(), settings.max_body_bytes),
+                public_endpoint(
+                    resolver.clone(),
+                    metrics.clone(),
+                    BodyLimits {
+                        max_bytes: settings.max_body_bytes,
+                        read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
+                    },
+                ),
                 wait_for(public_stopping),
                 grace,
             );

@@ -30,9 +30,23 @@ impl poem_openapi::types::Example for ShoutRequest {
     }
 }
 
-/// The body limit in force, set on the route as request data.
+/// The body limits in force, set on the route as request data.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyLimits {
+    /// Largest body in bytes (413 beyond).
+    pub max_bytes: usize,
+    /// Longest time to read the body (408 beyond).
+    pub read_timeout: std::time::Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024,
+            read_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
 
 /// The `data` string read from a request.
 #[derive(Debug)]
@@ -147,9 +161,8 @@ fn from_untyped(text: &str) -> Result<String, ApiError> {
 }
 
 async fn read_body(request: &Request, body: &mut RequestBody) -> Result<Vec<u8>, ApiError> {
-    let limit = request
-        .data::<BodyLimit>()
-        .map_or(64 * 1024, |limit| limit.0);
+    let limits = request.data::<BodyLimits>().copied().unwrap_or_default();
+    let limit = limits.max_bytes;
     let too_large = ApiError::TooLarge { limit };
     if let Some(length) = request.header(poem::http::header::CONTENT_LENGTH) {
         if length.trim().parse::<u64>().is_ok_and(|n| n > limit as u64) {
@@ -159,10 +172,17 @@ async fn read_body(request: &Request, body: &mut RequestBody) -> Result<Vec<u8>,
     let body = body
         .take()
         .map_err(|e| ApiError::Internal(format!("request body taken twice: {e}")))?;
-    match body.into_bytes_limit(limit).await {
-        Ok(bytes) => Ok(bytes.to_vec()),
-        Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large),
-        Err(e) => Err(unparseable(format!("the body could not be read: {e}"))),
+    match tokio::time::timeout(limits.read_timeout, body.into_bytes_limit(limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+        Ok(Err(poem::error::ReadBodyError::PayloadTooLarge)) => Err(too_large),
+        Ok(Err(e)) => Err(unparseable(format!("the body could not be read: {e}"))),
+        Err(_) => Err(ApiError::Other(
+            poem::http::StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body was not received within {:?}",
+                limits.read_timeout
+            ),
+        )),
     }
 }
 

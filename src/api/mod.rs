@@ -66,7 +66,7 @@ async fn alias_v1_slash(mut request: poem::Request) -> poem::Result<poem::Reques
 pub fn public_endpoint(
     resolver: Resolver,
     metrics: Arc<Metrics>,
-    body_limit: usize,
+    body_limits: input::BodyLimits,
 ) -> impl Endpoint {
     let api = service();
     let routes = Route::new()
@@ -76,6 +76,6 @@ pub fn public_endpoint(
         .nest("/", api)
         .before(alias_v1_slash)
         .data(resolver)
-        .data(input::BodyLimit(body_limit));
+        .data(body_limits);
     observe::Observe::new(routes, metrics)
 }

@@ -59,16 +59,19 @@ pub enum ShoutResult {
     /// The body is larger than the configured limit (64 KiB by default).
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// The body did not arrive within the body read timeout (10 s by default).
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
 }
 
 /// Turns an extractor error into the documented answer; `ApiError` decides status and body.
 fn shout_error(error: poem::Error) -> ShoutResult {
     let error = ApiError::from_poem(error);
+    let body = Json(error.body());
     match error.status() {
-        poem::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            ShoutResult::PayloadTooLarge(Json(error.body()))
-        }
-        _ => ShoutResult::BadRequest(Json(error.body())),
+        poem::http::StatusCode::PAYLOAD_TOO_LARGE => ShoutResult::PayloadTooLarge(body),
+        poem::http::StatusCode::REQUEST_TIMEOUT => ShoutResult::RequestTimeout(body),
+        _ => ShoutResult::BadRequest(body),
     }
 }
 

@@ -10,4 +10,6 @@ mod faults;
 mod helpers;
 mod propagation;
 mod resilience;
+mod rollout;
+mod slow_clients;
 mod unicode;
