@@ -277,11 +277,12 @@ for d in deps:
     need(len(refs) == 1 and refs[0] in cms, "envFrom must reference the generated ConfigMap")
     env = cms.get(refs[0], {}) if refs else {}
     need(all(k.startswith("SHOUT_") for k in env), "the ConfigMap holds SHOUT_* variables only")
+    # Defaults as in src/config.rs when the ConfigMap does not set them.
     drain_s = int(env.get("SHOUT_DRAIN_MS", "5000")) / 1000
-    deadline_s = int(env.get("SHOUT_DEADLINE_MS", "1000")) / 1000
+    shutdown_s = int(env.get("SHOUT_SHUTDOWN_TIMEOUT_MS", "10000")) / 1000
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    need(grace >= 30 and grace > (sleep or 0) + drain_s + deadline_s,
-         f"terminationGracePeriodSeconds {grace} must exceed preStop {sleep}s + drain {drain_s}s + deadline {deadline_s}s")
+    need(grace >= 30 and grace > (sleep or 0) + drain_s + shutdown_s,
+         f"terminationGracePeriodSeconds {grace} must exceed preStop {sleep}s + drain {drain_s}s + shutdown timeout {shutdown_s}s")
     need(env.get("SHOUT_LISTEN", "0.0.0.0:8080").endswith(":8080") and env.get("SHOUT_ADMIN_LISTEN", "0.0.0.0:8081").endswith(":8081"),
          "SHOUT_LISTEN / SHOUT_ADMIN_LISTEN must match the container ports")
     if "prod" in path:
