@@ -27,14 +27,19 @@ die() { printf 'prometheus-check: FAIL: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------- 1. tools
 step "tools"
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  as_root=()
+  if [[ $EUID -ne 0 ]]; then
+    command -v sudo >/dev/null || die "promtool/prometheus missing: run as root, or install Debian's prometheus"
+    as_root=(sudo)
+  fi
+  "${as_root[@]}" apt-get update -qq
   # --no-install-recommends: leaves out node-exporter and friends, which we do not use.
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   # The package may start its own service on :9090 where systemd runs; we use our own
   # instance on a free port, so stop the one our install started.
   if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
-    systemctl stop prometheus || true
+    "${as_root[@]}" systemctl stop prometheus || true
   fi
 fi
 command -v kubectl >/dev/null || die "kubectl (with its built-in kustomize) is needed for the k8s/monitoring checks"
@@ -193,7 +198,8 @@ step "start fake shoutcloud (flaky), shout-proxy and Prometheus"
 pids+=($!)
 wait_for "$fake/control" "fake_shoutcloud"
 # Short breaker open periods so the run sees open -> half_open -> closed within seconds.
-SHOUT_BREAKER_OPEN_MS=1000 SHOUT_BREAKER_MAX_OPEN_MS=4000 \
+# A short drain so stopping it at the end does not wait the default 5 s.
+SHOUT_BREAKER_OPEN_MS=1000 SHOUT_BREAKER_MAX_OPEN_MS=4000 SHOUT_DRAIN_MS=100 \
   "$proxy_bin" --upstream-url "$fake/V1/SHOUT" \
   --listen "127.0.0.1:$pub_port" --admin-listen "127.0.0.1:$admin_port" >"$work/proxy.log" 2>&1 &
 pids+=($!)

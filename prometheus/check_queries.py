@@ -213,6 +213,14 @@ def run_query(prom: str, expr: str) -> tuple[bool, list, str]:
 # ------------------------------------------------------------------ dashboard
 
 
+def promql_regex_literal(value: str) -> str:
+    """`value` as a regex matching only itself, inside a PromQL double-quoted string.
+
+    Not re.escape: it escapes `-`, which PromQL strings reject as an unknown escape.
+    """
+    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\\\1", value)
+
+
 def substitute(expr: str, variables: dict[str, str]) -> str:
     out = expr.replace("$__rate_interval", "1m").replace("${__rate_interval}", "1m")
     for name, value in variables.items():
@@ -350,7 +358,7 @@ def main() -> int:
     check_dashboard(dash)
     check_runbook(open(args.runbook, encoding="utf-8").read(), dash,
                   json.load(open(args.status, encoding="utf-8")))
-    variables = {"namespace": re.escape(args.namespace), "pod": re.escape(args.pod)}
+    variables = {"namespace": promql_regex_literal(args.namespace), "pod": promql_regex_literal(args.pod)}
 
     rows = []  # (id, kind, parsed, result count, verdict, title)
     used: set[str] = set()
