@@ -11,6 +11,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::sync::OnceLock;
+
+use crate::api::observe::ROUTES;
 use crate::shout::Source;
 use crate::shout::resolve::FallbackReason;
 use crate::upstream::breaker::BreakerState;
@@ -21,15 +24,34 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// Methods whose HTTP series are resolved once.
+const METHODS: [&str; 2] = ["GET", "POST"];
+/// Statuses whose HTTP series are resolved once.
+const STATUSES: [u16; 8] = [200, 400, 404, 405, 408, 413, 500, 503];
+const HTTP_SLOTS: usize = METHODS.len() * ROUTES.len() * STATUSES.len();
+
+/// The slot of a common (method, route, status) label set.
+fn http_index(method: &str, route: usize, status: u16) -> Option<usize> {
+    let m = METHODS.iter().position(|&known| known == method)?;
+    let s = STATUSES.iter().position(|&known| known == status)?;
+    (route < ROUTES.len()).then(|| (m * ROUTES.len() + route) * STATUSES.len() + s)
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
     /// The registry `/metrics` encodes.
     registry: Registry,
     /// Public HTTP request durations by method, route template and status.
-    pub http_duration: HistogramVec,
+    http_duration: HistogramVec,
     /// Requests being served, by method and route template.
-    pub http_active: IntGaugeVec,
+    http_active: IntGaugeVec,
+    /// `http_duration` children for common label sets, resolved on first use so the hot path
+    /// skips the vector's hashing and lock; indexed by [`http_index`].
+    http_duration_children: Vec<OnceLock<Histogram>>,
+    /// `http_active` children for (method, route), indexed like `http_duration_children`
+    /// with status slot 0.
+    http_active_children: Vec<OnceLock<IntGauge>>,
     /// Upstream attempts by outcome, indexed by [`AttemptOutcome`].
     attempts: [IntCounter; AttemptOutcome::ALL.len()],
     /// Upstream attempt durations by outcome, indexed by [`AttemptOutcome`].
@@ -204,6 +226,8 @@ impl Metrics {
         Self {
             http_duration,
             http_active,
+            http_duration_children: (0..HTTP_SLOTS).map(|_| OnceLock::new()).collect(),
+            http_active_children: (0..HTTP_SLOTS).map(|_| OnceLock::new()).collect(),
             attempts: AttemptOutcome::ALL.map(|o| attempts_vec.with_label_values(&[o.as_str()])),
             attempt_duration: AttemptOutcome::ALL
                 .map(|o| attempt_duration_vec.with_label_values(&[o.as_str()])),
@@ -266,6 +290,33 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry,
+        }
+    }
+
+    /// The active-requests gauge of (method, route template index).
+    pub fn http_active(&self, method: &str, route: usize) -> IntGauge {
+        let route_label = ROUTES.get(route).copied().unwrap_or("other");
+        match http_index(method, route, STATUSES[0]) {
+            Some(slot) => self.http_active_children[slot]
+                .get_or_init(|| self.http_active.with_label_values(&[method, route_label]))
+                .clone(),
+            None => self.http_active.with_label_values(&[method, route_label]),
+        }
+    }
+
+    /// Records one served request.
+    pub fn observe_http(&self, method: &str, route: usize, status: u16, seconds: f64) {
+        let route_label = ROUTES.get(route).copied().unwrap_or("other");
+        let resolve = || {
+            let status = status.to_string();
+            self.http_duration
+                .with_label_values(&[method, route_label, status.as_str()])
+        };
+        match http_index(method, route, status) {
+            Some(slot) => self.http_duration_children[slot]
+                .get_or_init(resolve)
+                .observe(seconds),
+            None => resolve().observe(seconds),
         }
     }
 

@@ -11,17 +11,29 @@ use tracing::Instrument;
 use crate::api::error::ApiError;
 use crate::metrics::Metrics;
 
-/// The route template of a path, for bounded metric labels and span names.
-pub fn route_template(path: &str) -> &'static str {
+/// The route templates of the public port: bounded metric labels and span names.
+pub const ROUTES: [&str; 8] = [
+    "/",
+    "/v1",
+    "/v1/",
+    "/health",
+    "/docs",
+    "/openapi.json",
+    "/openapi.yaml",
+    "other",
+];
+
+/// The index in [`ROUTES`] of a path's template.
+pub fn route_index(path: &str) -> usize {
     match path {
-        "/" => "/",
-        "/v1" => "/v1",
-        "/v1/" => "/v1/",
-        "/health" => "/health",
-        "/openapi.json" => "/openapi.json",
-        "/openapi.yaml" => "/openapi.yaml",
-        p if p == "/docs" || p.starts_with("/docs/") => "/docs",
-        _ => "other",
+        "/" => 0,
+        "/v1" => 1,
+        "/v1/" => 2,
+        "/health" => 3,
+        p if p == "/docs" || p.starts_with("/docs/") => 4,
+        "/openapi.json" => 5,
+        "/openapi.yaml" => 6,
+        _ => 7,
     }
 }
 
@@ -55,7 +67,8 @@ impl<E: Endpoint> Endpoint for Observe<E> {
 
     async fn call(&self, request: Request) -> Result<Response> {
         let method = request.method().clone();
-        let route = route_template(request.uri().path());
+        let route_slot = route_index(request.uri().path());
+        let route = ROUTES[route_slot];
         let span = tracing::info_span!(
             "request",
             otel.name = %format_args!("{method} {route}"),
@@ -69,11 +82,7 @@ impl<E: Endpoint> Endpoint for Observe<E> {
         let caller = crate::telemetry::adopt_trace_context(&span, request.headers());
         let mut request = request;
         request.extensions_mut().insert(caller);
-        let active = self
-            .metrics
-            .http_active
-            .with_label_values(&[method.as_str(), route]);
-        active.inc();
+        let active = self.metrics.http_active(method.as_str(), route_slot);
         let _active = Active(active);
         let started = Instant::now();
 
@@ -91,10 +100,12 @@ impl<E: Endpoint> Endpoint for Observe<E> {
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
-        self.metrics
-            .http_duration
-            .with_label_values(&[method.as_str(), route, status.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.observe_http(
+            method.as_str(),
+            route_slot,
+            status.as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
         Ok(response)
     }
 }

@@ -153,7 +153,16 @@ struct Shared {
     trips: AtomicU64,
     /// Metrics to keep in step with the state.
     metrics: Arc<Metrics>,
+    /// Reference point of `next_open_check_us`.
+    epoch: std::time::Instant,
+    /// While open, [`Breaker::admits`] asks failsafe (and takes its lock) at most once per
+    /// [`OPEN_RECHECK`]; when shoutcloud is down every request passes here.
+    next_open_check_us: AtomicU64,
 }
+
+/// How often an open breaker's pre-check asks failsafe whether the open period is over. It
+/// delays the half-open probe by at most this much.
+const OPEN_RECHECK: Duration = Duration::from_millis(1);
 
 impl Shared {
     fn transition(&self, to: BreakerState) {
@@ -249,6 +258,8 @@ impl Breaker {
             rejected: AtomicU64::new(0),
             trips: AtomicU64::new(0),
             metrics,
+            epoch: std::time::Instant::now(),
+            next_open_check_us: AtomicU64::new(0),
         });
         let machine = failsafe::Config::new()
             .failure_policy(policy)
@@ -284,6 +295,16 @@ impl Breaker {
     /// that lets an open breaker answer from the fallback before any work is spawned. It still
     /// moves an expired open period to half-open, so the probe is not delayed.
     pub fn admits(&self) -> Result<(), Rejection> {
+        if self.state() == BreakerState::Open {
+            let now = u64::try_from(self.shared.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+            if now < self.shared.next_open_check_us.load(Ordering::Relaxed) {
+                return Err(self.reject(Rejection::Open));
+            }
+            let next = now.saturating_add(OPEN_RECHECK.as_micros() as u64);
+            self.shared
+                .next_open_check_us
+                .store(next, Ordering::Relaxed);
+        }
         if !self.machine.is_call_permitted() {
             return Err(self.reject(Rejection::Open));
         }
