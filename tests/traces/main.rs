@@ -148,3 +148,36 @@ async fn a_retried_request_makes_one_server_span_and_one_client_span_per_attempt
         );
     }
 }
+
+#[tokio::test]
+async fn cache_hits_and_fallbacks_are_events_on_the_server_span() {
+    let (exporter, provider) = exporter();
+    let app = spawn_app_with(|s| s.retry_max = 0).await;
+    shout_call()
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&app.upstream)
+        .await;
+    shout_call()
+        .respond_with(shoutcloud)
+        .mount(&app.upstream)
+        .await;
+    let events_trace = "5c1c63257de34c67a1d2e3f4a5b6c7d8";
+
+    for _ in 0..3 {
+        shout_with_traceparent(&app, events_trace).await;
+    }
+    provider.force_flush().unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let events: Vec<String> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id().to_string() == events_trace)
+        .flat_map(|s| s.events.iter().map(|e| e.name.to_string()))
+        .collect();
+    assert!(
+        events.iter().any(|e| e == "fallback answered"),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e == "cache hit"), "{events:?}");
+}
