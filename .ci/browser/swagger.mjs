@@ -1,0 +1,120 @@
+// Drives the Swagger UI at BASE_URL/docs in Debian's headless Chromium, as a person would:
+// open `POST /`, "Try it out", send {"data": "hello"}, "Execute", and expect OLLEH in the
+// response panel. Fails when any request of the page leaves the service (the UI's assets must
+// be served by shout-proxy itself, with no internet), and saves a screenshot either way.
+//
+// Environment: BASE_URL (http://127.0.0.1:PORT), SCREENSHOT (PNG path), CHROMIUM (binary).
+
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const baseUrl = process.env.BASE_URL ?? 'http://127.0.0.1:8080';
+const screenshot = process.env.SCREENSHOT ?? 'target/browser/swagger.png';
+const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const service = new URL(baseUrl);
+const timeout = 30_000;
+
+// Flags from the machine notes: without the background-networking ones Chromium keeps trying
+// to reach Google's hosts, which this network refuses.
+const args = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+const failures = [];
+const requests = [];
+const offHost = [];
+const pageErrors = [];
+
+/** Whether a page request stays on the service: same host and port, or inline data. */
+function isLocal(url) {
+  const u = new URL(url);
+  if (['data:', 'blob:', 'about:'].includes(u.protocol)) return true;
+  return u.hostname === service.hostname && u.port === service.port;
+}
+
+const userDataDir = mkdtempSync(join(tmpdir(), 'shout-swagger-'));
+mkdirSync(dirname(screenshot), { recursive: true });
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath,
+  headless: true,
+  args,
+  viewport: { width: 1280, height: 1400 },
+});
+
+try {
+  // Record every request; let only the service's own through, so a stray fetch fails fast
+  // instead of hanging on the closed network.
+  await context.route('**/*', (route) => {
+    const url = route.request().url();
+    requests.push(`${route.request().method()} ${url}`);
+    if (isLocal(url)) return route.continue();
+    offHost.push(url);
+    return route.abort('blockedbyclient');
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(timeout);
+  page.on('pageerror', (error) => pageErrors.push(String(error)));
+
+  const docs = await page.goto(`${baseUrl}/docs`, { waitUntil: 'load' });
+  if (docs?.status() !== 200) failures.push(`GET /docs answered ${docs?.status()}`);
+
+  // The operation block of `POST /` (tag Shout, operationId shout), expanded.
+  const operation = page.locator('#operations-Shout-shout');
+  await operation.waitFor();
+  await operation.locator('.opblock-summary').first().click();
+  await operation.getByRole('button', { name: 'Try it out' }).click();
+
+  const body = operation.locator('textarea.body-param__text');
+  await body.fill('{"data": "hello"}');
+
+  const answered = page.waitForResponse(
+    (r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/',
+  );
+  await operation.getByRole('button', { name: 'Execute' }).click();
+  const response = await answered;
+  if (response.status() !== 200) failures.push(`POST / from the UI answered ${response.status()}`);
+
+  // What the person sees: the live response panel with the status and the body.
+  const panel = operation.locator('.live-responses-table');
+  await panel.getByText('OLLEH').first().waitFor().catch(() => {});
+  const shown = await panel.innerText().catch(() => '');
+  if (!shown.includes('OLLEH')) {
+    failures.push(`the response panel does not show OLLEH; it shows: ${shown.slice(0, 500)}`);
+  }
+  if (!/\b200\b/.test(shown)) failures.push('the response panel does not show status 200');
+
+  await operation.scrollIntoViewIfNeeded();
+  await page.screenshot({ path: screenshot, fullPage: true });
+} catch (error) {
+  failures.push(`the UI could not be driven: ${error.message.split('\n')[0]}`);
+  for (const page of context.pages()) {
+    await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
+  }
+} finally {
+  await context.close();
+  rmSync(userDataDir, { recursive: true, force: true });
+}
+
+if (offHost.length > 0) {
+  failures.push(`${offHost.length} request(s) left ${service.host}: ${[...new Set(offHost)].join(', ')}`);
+}
+if (pageErrors.length > 0) failures.push(`page errors: ${pageErrors.join(' | ')}`);
+
+console.log(`requests made by the page (${requests.length}):`);
+for (const r of requests) console.log(`  ${r}`);
+console.log(`screenshot: ${screenshot}`);
+if (failures.length > 0) {
+  console.log('swagger-ui: FAILED');
+  for (const f of failures) console.log(`  - ${f}`);
+  process.exit(1);
+}
+console.log('swagger-ui: PASSED (POST / via "Try it out" showed OLLEH; every request stayed on the service)');
