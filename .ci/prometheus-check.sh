@@ -14,8 +14,8 @@
 #     all must parse, every dashboard query on our own metrics must return data;
 #  6. stops everything it started (trap EXIT).
 #
-# Idempotent: free ports, a temporary directory, nothing left behind. About 2 minutes
-# after the build. Usage: .ci/prometheus-check.sh   (from anywhere; root for apt-get)
+# Idempotent: free ports, a temporary directory, nothing left behind. About 1 to 2 minutes
+# after the build. Usage: .ci/prometheus-check.sh   (from anywhere; apt-get as root or via sudo)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
