@@ -257,7 +257,11 @@ control() { # $1 = JSON for the fake's POST /control
   echo "fake upstream: $1"
 }
 breaker_is() { # $1 = state; true if /metrics says the breaker is in it
-  curl -fsS "$admin/metrics" | grep -Eq "^shout_breaker_state\{state=\"$1\"\} 1$"
+  # Not `curl | grep -q`: grep quits at the match, curl fails writing the rest, and with
+  # pipefail the match would read as a miss.
+  local metrics
+  metrics="$(curl -fsS "$admin/metrics")" || return 1
+  grep -Eq "^shout_breaker_state\{state=\"$1\"\} 1$" <<<"$metrics"
 }
 load_until_breaker() { # $1 = state, $2 = max seconds; loads in 5 s slices until the breaker is in it
   local deadline=$((SECONDS + $2))
