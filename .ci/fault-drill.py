@@ -751,7 +751,7 @@ def main() -> int:
     p.add_argument("--hard-down-secs", type=float, default=8.0,
                    help="spread the requests of hard-down modes over this long (0: burst)")
     p.add_argument("--modes", default="", help="comma-separated subset of: "
-                   + ",".join(m["name"] for m in MODES))
+                   + ",".join(m["name"] for m in MODES).replace("%", "%%"))
     p.add_argument("--flaky-runs", type=int, default=3,
                    help="run the flaky mode this many times, each on a fresh proxy")
     p.add_argument("--no-recovery", action="store_true", help="skip the recovery measurement")
