@@ -96,7 +96,7 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
     pub retry_budget_ratio: f64,
 
-    /// Retries per second always allowed, whatever the traffic (the budget's floor).
+    /// Retries allowed in any one second whatever the traffic (the budget's floor, a rate).
     #[arg(long, env = "SHOUT_RETRY_BUDGET_MIN_PER_SEC", default_value_t = 10)]
     pub retry_budget_min_per_sec: u32,
 
@@ -104,8 +104,9 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_RETRY_BUDGET_WINDOW_SECS", default_value_t = 10)]
     pub retry_budget_window_secs: u64,
 
-    /// The breaker opens after this many consecutive failed attempts.
-    #[arg(long, env = "SHOUT_BREAKER_CONSECUTIVE_FAILURES", default_value_t = 5)]
+    /// The breaker opens after this many consecutive failed attempts (retries count). Ten keeps
+    /// a 30%-flaky upstream from tripping it by chance; sustained trouble trips the rate rule.
+    #[arg(long, env = "SHOUT_BREAKER_CONSECUTIVE_FAILURES", default_value_t = 10)]
     pub breaker_consecutive_failures: u32,
 
     /// The breaker also opens when the success rate over its window falls below this.

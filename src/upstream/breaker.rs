@@ -339,7 +339,8 @@ impl Breaker {
 }
 
 /// Permission to run one attempt; record its result with [`Permit::success`] or
-/// [`Permit::failure`]. Dropping it unrecorded records a failure.
+/// [`Permit::failure`], or give it back unused with [`Permit::cancel`]. Dropping it unrecorded
+/// records a failure (the attempt was cut short).
 #[derive(Debug)]
 pub struct Permit {
     /// The breaker to report to.
@@ -361,6 +362,11 @@ impl Permit {
     pub fn failure(mut self) {
         self.recorded = true;
         self.breaker.machine.on_error();
+    }
+
+    /// Gives the permit back unused: the attempt did not run, so nothing is recorded.
+    pub fn cancel(mut self) {
+        self.recorded = true;
     }
 }
 

@@ -4,10 +4,17 @@
 //!
 //! A per-request limit ("retry twice") triples the load on an upstream that fails everything:
 //! exactly when it is sick it sees a retry storm. A budget ties retries to the traffic that earns
-//! them: every first attempt deposits `ratio` of a retry, every retry withdraws one, and a small
-//! floor (`min_per_sec`) keeps retries possible at low traffic. With the defaults (ratio 0.2, 10/s
-//! floor, 10 s window, as Linkerd) a hard-down upstream sees at most 1.2x the first attempts plus
-//! the floor, whatever the per-request limit says.
+//! them: every first attempt earns `ratio` of a retry over the window, and a small floor keeps
+//! retries possible at low traffic. With the defaults (ratio 0.2, a floor of 10 retries per
+//! second, a 10 s window, as Linkerd) retries add at most 20% to a busy upstream's traffic.
+//!
+//! # The floor is a rate, not a reserve
+//!
+//! tower's and Linkerd's budgets turn the floor into a reserve of `min_per_sec x window` retries
+//! that can all be spent in one burst: 100 retries in the first tenth of a second at the
+//! defaults, which is a retry storm of its own. Here floor retries are counted per second: at
+//! most `min_per_sec` of them in any one-second slot, on top of what traffic earned over the
+//! window.
 //!
 //! The window slides in one-second slots. Time is `tokio::time::Instant`, so tests pause the clock.
 
@@ -24,8 +31,10 @@ struct Slot {
     second: u64,
     /// First attempts seen in this second.
     deposits: u64,
-    /// Retries granted in this second.
-    withdrawals: u64,
+    /// Retries granted in this second that traffic had earned.
+    earned: u64,
+    /// Retries granted in this second from the floor.
+    floor: u64,
 }
 
 /// Sliding-window retry budget.
@@ -33,7 +42,7 @@ struct Slot {
 pub struct RetryBudget {
     /// Fraction of first attempts that may be retried.
     ratio: f64,
-    /// Retries per second always available.
+    /// Floor retries allowed per second.
     min_per_sec: u32,
     /// Window length in whole seconds.
     window_secs: u64,
@@ -50,13 +59,21 @@ pub struct BudgetSnapshot {
     pub deposits: u64,
     /// Retries granted in the window.
     pub withdrawals: u64,
-    /// Retries still available in the window.
+    /// Retries available now: what traffic earned and is unspent, plus this second's floor.
     pub available: u64,
 }
 
+/// Totals over the window.
+struct Totals {
+    deposits: u64,
+    earned: u64,
+    floor_this_second: u64,
+    withdrawals: u64,
+}
+
 impl RetryBudget {
-    /// A budget allowing `ratio` retries per first attempt plus `min_per_sec` retries per second,
-    /// over a window of `window`.
+    /// A budget allowing `ratio` retries per first attempt over `window`, plus `min_per_sec`
+    /// retries in any one second.
     pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Self {
         Self {
             ratio,
@@ -73,8 +90,8 @@ impl RetryBudget {
             .as_secs()
     }
 
-    /// Drops slots that left the window and returns the slot of the current second.
-    fn rotate(&self, slots: &mut VecDeque<Slot>) -> u64 {
+    /// Drops slots that left the window and makes the last slot the current second's.
+    fn rotate(&self, slots: &mut VecDeque<Slot>) {
         let now = self.current_second();
         while slots
             .front()
@@ -86,21 +103,30 @@ impl RetryBudget {
             slots.push_back(Slot {
                 second: now,
                 deposits: 0,
-                withdrawals: 0,
+                earned: 0,
+                floor: 0,
             });
         }
-        now
     }
 
-    fn totals(slots: &VecDeque<Slot>) -> (u64, u64) {
-        slots
-            .iter()
-            .fold((0, 0), |(d, w), s| (d + s.deposits, w + s.withdrawals))
+    fn totals(slots: &VecDeque<Slot>) -> Totals {
+        let mut totals = Totals {
+            deposits: 0,
+            earned: 0,
+            floor_this_second: 0,
+            withdrawals: 0,
+        };
+        for slot in slots {
+            totals.deposits += slot.deposits;
+            totals.earned += slot.earned;
+            totals.withdrawals += slot.earned + slot.floor;
+        }
+        totals.floor_this_second = slots.back().map_or(0, |s| s.floor);
+        totals
     }
 
-    fn allowance(&self, deposits: u64) -> u64 {
-        let floor = u64::from(self.min_per_sec) * self.window_secs;
-        floor + (deposits as f64 * self.ratio) as u64
+    fn earned_allowance(&self, deposits: u64) -> u64 {
+        (deposits as f64 * self.ratio) as u64
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Slot>> {
@@ -124,25 +150,34 @@ impl RetryBudget {
     pub fn try_withdraw(&self) -> bool {
         let mut slots = self.lock();
         self.rotate(&mut slots);
-        let (deposits, withdrawals) = Self::totals(&slots);
-        if withdrawals >= self.allowance(deposits) {
+        let totals = Self::totals(&slots);
+        let Some(slot) = slots.back_mut() else {
             return false;
+        };
+        if totals.earned < self.earned_allowance(totals.deposits) {
+            slot.earned += 1;
+            true
+        } else if totals.floor_this_second < u64::from(self.min_per_sec) {
+            slot.floor += 1;
+            true
+        } else {
+            false
         }
-        if let Some(slot) = slots.back_mut() {
-            slot.withdrawals += 1;
-        }
-        true
     }
 
     /// The window's counts, for operators.
     pub fn snapshot(&self) -> BudgetSnapshot {
         let mut slots = self.lock();
         self.rotate(&mut slots);
-        let (deposits, withdrawals) = Self::totals(&slots);
+        let totals = Self::totals(&slots);
+        let earned_left = self
+            .earned_allowance(totals.deposits)
+            .saturating_sub(totals.earned);
+        let floor_left = u64::from(self.min_per_sec).saturating_sub(totals.floor_this_second);
         BudgetSnapshot {
-            deposits,
-            withdrawals,
-            available: self.allowance(deposits).saturating_sub(withdrawals),
+            deposits: totals.deposits,
+            withdrawals: totals.withdrawals,
+            available: earned_left + floor_left,
         }
     }
 }
@@ -152,10 +187,29 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_floor_allows_min_per_sec_times_window_retries_without_traffic() {
+    async fn the_floor_is_a_rate_not_a_burst() {
         let budget = RetryBudget::new(0.2, 10, Duration::from_secs(10));
-        let granted = (0..500).filter(|_| budget.try_withdraw()).count();
-        assert_eq!(granted, 100);
+        assert_eq!(
+            (0..500).filter(|_| budget.try_withdraw()).count(),
+            10,
+            "10 in the first second"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            (0..500).filter(|_| budget.try_withdraw()).count(),
+            10,
+            "10 more in the next"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_traffic_retries_at_most_the_ratio_plus_one_second_of_floor() {
+        let budget = RetryBudget::new(0.2, 10, Duration::from_secs(10));
+        for _ in 0..200 {
+            budget.deposit();
+        }
+        let granted = (0..200).filter(|_| budget.try_withdraw()).count();
+        assert_eq!(granted, 40 + 10);
     }
 
     #[tokio::test(start_paused = true)]
@@ -169,13 +223,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn spent_retries_come_back_when_they_leave_the_window() {
-        let budget = RetryBudget::new(0.0, 1, Duration::from_secs(10));
+    async fn spent_earned_retries_come_back_when_they_leave_the_window() {
+        let budget = RetryBudget::new(0.5, 0, Duration::from_secs(10));
+        for _ in 0..20 {
+            budget.deposit();
+        }
         assert_eq!((0..50).filter(|_| budget.try_withdraw()).count(), 10);
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!budget.try_withdraw(), "still inside the window");
+        for _ in 0..20 {
+            budget.deposit();
+        }
+        assert_eq!(
+            (0..50).filter(|_| budget.try_withdraw()).count(),
+            10,
+            "only the new deposits' share"
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!((0..50).filter(|_| budget.try_withdraw()).count(), 10);
+        assert!(
+            !budget.try_withdraw(),
+            "the first deposits left the window with their retries"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,10 +5,10 @@
 //!
 //! 1. `RetryTransientMiddleware` (reqwest-retry): exponential backoff with full jitter between
 //!    explicit bounds; asks [`Classifier`] whether a failure is worth another attempt.
-//! 2. [`AttemptMiddleware`], once per attempt, in this order: budget (a retry must be paid for),
-//!    deadline (no attempt starts past it), breaker permit (an open circuit stops retries at
-//!    once, because reqwest-retry treats a middleware error as final when our classifier says
-//!    so), then the attempt itself under a timeout of `min(attempt timeout, time left)` so the
+//! 2. [`AttemptMiddleware`], once per attempt, in this order: deadline (no attempt starts past
+//!    it), breaker permit (an open circuit stops retries at once, because reqwest-retry treats a
+//!    middleware error as final when our classifier says so), budget (a retry must be paid for;
+//!    charged last so a retry stopped before it is free), then the attempt itself under a timeout of `min(attempt timeout, time left)` so the
 //!    breaker always sees a result, then validation of the answer, then `Retry-After`.
 //!
 //! Every failure leaves the middleware as an [`UpstreamError`] wrapped in
@@ -254,15 +254,6 @@ impl AttemptMiddleware {
         state: &mut CallState,
         resend_count: u32,
     ) -> reqwest_middleware::Result<Response> {
-        if resend_count == 0 {
-            self.budget.deposit();
-        } else if self.budget.try_withdraw() {
-            self.metrics.retries.inc();
-        } else {
-            self.metrics.retry_budget_exhausted.inc();
-            tracing::debug!("retry refused: retry budget exhausted");
-            return fail(state, UpstreamError::BudgetExhausted);
-        }
         let left = state.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return fail(state, UpstreamError::DeadlineExceeded);
@@ -274,6 +265,18 @@ impl AttemptMiddleware {
                 return fail(state, UpstreamError::CircuitOpen(rejection));
             }
         };
+        // The budget is charged last, so a retry that the deadline or the breaker stops costs
+        // nothing and is not counted as a retry.
+        if resend_count == 0 {
+            self.budget.deposit();
+        } else if self.budget.try_withdraw() {
+            self.metrics.retries.inc();
+        } else {
+            permit.cancel();
+            self.metrics.retry_budget_exhausted.inc();
+            tracing::debug!("retry refused: retry budget exhausted");
+            return fail(state, UpstreamError::BudgetExhausted);
+        }
         let timeout = self.attempt_timeout.min(left);
 
         let span = tracing::info_span!(

@@ -88,13 +88,14 @@ async fn half_open_sends_exactly_one_probe_under_concurrent_load_then_closes() {
 
 #[tokio::test]
 async fn retries_stop_when_the_budget_is_spent() {
-    // No ratio, a floor of 1 retry/s over 10 s: 10 retries in all, whatever retry_max allows.
+    // Half a retry per first attempt and no floor: 20 requests earn 10 retries, whatever
+    // retry_max (2 per request) would allow.
     let app = spawn_app_with(|s| {
         s.retry_max = 2;
         s.retry_min_backoff_ms = 1;
         s.retry_max_backoff_ms = 2;
-        s.retry_budget_ratio = 0.0;
-        s.retry_budget_min_per_sec = 1;
+        s.retry_budget_ratio = 0.5;
+        s.retry_budget_min_per_sec = 0;
         s.retry_budget_window_secs = 10;
         s.breaker_consecutive_failures = 1000;
         s.breaker_min_calls = 100_000;
