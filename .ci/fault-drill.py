@@ -672,7 +672,7 @@ def report(drill: Drill, started_at: datetime.datetime, elapsed: float) -> str:
                  f"Python {platform.python_version()}); the drill took {elapsed:.0f} s. "
                  f"{a.requests} unique requests per mode, {a.concurrency} concurrent; hard-down "
                  f"modes spread over {a.hard_down_secs:g} s. Proxy defaults (deadline "
-                 f"{DEADLINE_MS} ms, attempt timeout 300 ms, 2 retries, budget 0.2 + 10/s) with "
+                 f"{DEADLINE_MS} ms, attempt timeout 300 ms, 2 retries, budget 0.2 + a floor of 10 retries in any one second, breaker 10 consecutive failures) with "
                  f"`--breaker-open-ms {BREAKER_OPEN_MS}`"
                  + (f" and **{' '.join(a.proxy_arg)}** (an experiment, not the defaults)"
                     if a.proxy_arg else "")
