@@ -12,7 +12,8 @@
 #
 # Environment: BENCH_SECONDS (10), BENCH_ROUNDS (2), BENCH_QUICK, BENCH_WARMUP (2 s),
 # BENCH_CONNECTIONS (32), BENCH_THREADS (1), BENCH_MEMORY_INPUTS (1000000), BENCH_CACHE_BYTES
-# (67108864), BENCH_ONLY=scenario,... , BENCH_SKIP_MEMORY=1, BENCH_PROFILE=1 (perf profiles of
+# (67108864), BENCH_LOG_FORMAT (json, as deployed), BENCH_ONLY=scenario,... ,
+# BENCH_SKIP_MEMORY=1, BENCH_SWEEP=0|1 (default 1, 0 in quick mode), BENCH_PROFILE=1 (perf profiles of
 # the cache-hit and breaker-open paths into target/bench/perf-*.txt), BENCH_STRICT=1 (exit 1
 # when a target is missed; off by default because a shared machine's noise is not a
 # regression), BENCH_UPDATE_DOCS=1 (copy the table and chart into docs/benchmark.md and
@@ -47,7 +48,7 @@ export BENCH_BIN_DIR="${BENCH_BIN_DIR:-$target_dir/release}"
 export BENCH_REFERENCE_BIN="${BENCH_REFERENCE_BIN:-${CARGO_TARGET_DIR:-bench/reference/target}/release/bench-reference}"
 
 # The exact command, for the report: the settings that were given, then this script.
-settings="$(env | grep -E '^BENCH_(QUICK|SECONDS|ROUNDS|WARMUP|CONNECTIONS|THREADS|MEMORY_INPUTS|CACHE_BYTES|ONLY|SKIP_MEMORY|PROFILE)=' | sort | tr '\n' ' ' || true)"
+settings="$(env | grep -E '^BENCH_(QUICK|SECONDS|ROUNDS|WARMUP|CONNECTIONS|THREADS|MEMORY_INPUTS|CACHE_BYTES|LOG_FORMAT|ONLY|SKIP_MEMORY|SWEEP|SWEEP_CONNECTIONS|SWEEP_SECONDS|PROFILE)=' | sort | tr '\n' ' ' || true)"
 export BENCH_COMMAND="${settings}.ci/bench.sh"
 
 runner=""

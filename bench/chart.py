@@ -1,8 +1,9 @@
 """Renders the benchmark's results as one SVG, with the Python standard library only.
 
 Top: requests/s of the best round per scenario, with p99 beside each bar and a tick where each
-ratio target sits. Bottom: shout-proxy's RSS while the memory run pushes unique inputs through
-the bounded cache, against the bound and the bound + 50 MiB target.
+ratio target sits. Middle: the concurrency sweep (shout-proxy on one CPU), p99 against req/s per
+path, with the p99 goal. Bottom: shout-proxy's RSS while the memory run pushes unique inputs
+through the bounded cache, against the bound and the bound + 50 MiB target.
 
 `python3 bench/chart.py target/bench/results.json docs/benchmark.svg` redraws from a results file.
 """
@@ -44,6 +45,8 @@ def text(x, y, s, size=12, anchor="start", weight="normal", fill="#222"):
 def throughput_panel(results: dict, top: float) -> tuple[list[str], float]:
     best = results["best"]
     names = list(best)
+    if not names:
+        return [], top
     out = [text(20, top + 18, "Requests/s, best round (wrk -t{} -c{}), p99 latency at the right"
                 .format(results["meta"]["threads"], results["meta"]["connections"]),
                 size=15, weight="bold")]
@@ -135,7 +138,7 @@ def memory_panel(results: dict, top: float) -> tuple[list[str], float]:
         out.append(f'<polyline points="{points}" fill="none" stroke="#dd6b20" '
                    f'stroke-width="2" stroke-dasharray="2 2"/>')
         w = weighed[-1]
-        out.append(text(sx(w["inputs"]) - 4, sy(w["cache_weighted_mib"]) + 16,
+        out.append(text(sx(w["inputs"]) - 4, sy(w["cache_weighted_mib"]) - 8,
                         f"cache weighted_bytes {w['cache_weighted_mib']:.0f} MiB", size=11,
                         anchor="end", fill="#dd6b20"))
     last = samples[-1]
@@ -146,9 +149,61 @@ def memory_panel(results: dict, top: float) -> tuple[list[str], float]:
     return out, y0 + h + 44
 
 
+SWEEP_COLORS = {"cache-hit": "#2b6cb0", "miss": "#dd6b20", "breaker-open": "#2f855a"}
+
+
+def sweep_panel(results: dict, top: float) -> tuple[list[str], float]:
+    runs = results.get("sweep") or []
+    if not runs:
+        return [], top
+    goal = (results.get("autoscaling") or {}).get("p99_goal_ms", 5.0)
+    out = [text(20, top + 18, "One pod's worth (shout-proxy on one CPU): p99 latency against "
+                "req/s, connections 1 to 32", size=15, weight="bold")]
+    y0, h = top + 36, 200
+    plot_w = W - LEFT - RIGHT
+    xmax = nice_max(max(r["rps"] for r in runs) * 1.05)
+    ymax = nice_max(max([goal * 2] + [min(r["latency_ms"]["p99"], goal * 6) for r in runs]))
+    sx = lambda v: LEFT + plot_w * v / xmax  # noqa: E731
+    sy = lambda v: y0 + h - h * min(v, ymax) / ymax  # noqa: E731
+    for i in range(6):
+        v = ymax * i / 5
+        out.append(f'<line x1="{LEFT}" y1="{sy(v):.1f}" x2="{LEFT + plot_w}" y2="{sy(v):.1f}" '
+                   f'stroke="#eee"/>')
+        out.append(text(LEFT - 8, sy(v) + 4, f"{v:g} ms", size=11, anchor="end", fill="#555"))
+        x = xmax * i / 5
+        out.append(text(sx(x), y0 + h + 16, f"{x / 1000:g}k", size=11, anchor="middle",
+                        fill="#555"))
+    out.append(text(LEFT + plot_w / 2, y0 + h + 32, "requests/s", size=11, anchor="middle",
+                    fill="#555"))
+    out.append(f'<line x1="{LEFT}" y1="{sy(goal):.1f}" x2="{LEFT + plot_w}" y2="{sy(goal):.1f}" '
+               f'stroke="#c53030" stroke-dasharray="6 4"/>')
+    out.append(text(LEFT + plot_w + 6, sy(goal) + 4, f"p99 goal {goal:g} ms", size=11,
+                    fill="#c53030"))
+    legend_y = y0 + 14
+    for i, (kind, color) in enumerate(SWEEP_COLORS.items()):
+        pts = sorted((r for r in runs if r["scenario"] == kind), key=lambda r: r["connections"])
+        if not pts:
+            continue
+        line = " ".join(f"{sx(r['rps']):.1f},{sy(r['latency_ms']['p99']):.1f}" for r in pts)
+        out.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for r in pts:
+            out.append(f'<circle cx="{sx(r["rps"]):.1f}" cy="{sy(r["latency_ms"]["p99"]):.1f}" '
+                       f'r="3" fill="{color}"><title>{kind} c={r["connections"]}: '
+                       f'{r["rps"]:,.0f} req/s, p99 {r["latency_ms"]["p99"]:.2f} ms</title>'
+                       f'</circle>')
+        out.append(f'<rect x="{LEFT + plot_w + 6}" y="{legend_y + 18 * (i + 1) - 10}" '
+                   f'width="12" height="12" fill="{color}"/>')
+        out.append(text(LEFT + plot_w + 24, legend_y + 18 * (i + 1), kind, size=11))
+    out.append(f'<line x1="{LEFT}" y1="{y0 + h}" x2="{LEFT + plot_w}" y2="{y0 + h}" '
+               f'stroke="#555"/>')
+    return out, y0 + h + 44
+
+
 def render(results: dict) -> str:
     meta = results["meta"]
     parts, y = throughput_panel(results, 10)
+    sweep_parts, y = sweep_panel(results, y + 10)
+    parts += sweep_parts
     mem_parts, y = memory_panel(results, y + 10)
     parts += mem_parts
     m = meta["machine"]
