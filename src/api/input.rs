@@ -130,12 +130,18 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 
 /// The `data` field of a form body, or of a JSON body sent under the form content type.
 fn from_form(text: &str) -> Result<String, ApiError> {
+    // The original service's README sends `{"data": ...}` with curl's default form type. A
+    // body that is such a JSON object is read as JSON first: read as a form, a string holding
+    // `&data=` would smuggle in a field of its own.
+    let looks_like_json = text.trim_start().starts_with('{');
+    if looks_like_json && let Ok(data) = from_json(text) {
+        return Ok(data);
+    }
     if let Some((_, value)) = form_urlencoded::parse(text.as_bytes()).find(|(key, _)| key == "data")
     {
         return Ok(value.into_owned());
     }
-    // The original service's README sends `{"data": ...}` with curl's default form type.
-    if text.trim_start().starts_with('{') {
+    if looks_like_json {
         return from_json(text);
     }
     Err(unparseable("form field `data` is missing"))
@@ -258,6 +264,15 @@ mod tests {
         assert_eq!(
             parse_body(Some(FORM), b"x=1&data=h%C3%A9llo+w").ok(),
             Some("héllo w".into())
+        );
+    }
+
+    #[test]
+    fn json_sent_as_form_is_read_as_json_even_when_its_string_looks_like_a_form() {
+        let body = br#"{"data": "rock&data=roll"}"#;
+        assert_eq!(
+            parse_body(Some(FORM), body).ok(),
+            Some("rock&data=roll".into())
         );
     }
 

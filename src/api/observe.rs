@@ -37,6 +37,15 @@ pub fn route_index(path: &str) -> usize {
     }
 }
 
+/// The `Allow` header a 405 on a route must carry (RFC 9110 15.5.6); `None` for unknown paths.
+fn allowed_methods(route: usize) -> Option<&'static str> {
+    match *ROUTES.get(route)? {
+        "/" | "/v1" | "/v1/" => Some("POST"),
+        "other" => None,
+        _ => Some("GET"),
+    }
+}
+
 /// Wraps the public endpoint; see the module docs.
 #[derive(Debug)]
 pub struct Observe<E> {
@@ -95,6 +104,15 @@ impl<E: Endpoint> Endpoint for Observe<E> {
             }
         };
 
+        let mut response = response;
+        if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+            && let Some(allow) = allowed_methods(route_slot)
+        {
+            let allow = poem::http::HeaderValue::from_static(allow);
+            response
+                .headers_mut()
+                .insert(poem::http::header::ALLOW, allow);
+        }
         let status = response.status();
         span.record("http.response.status_code", status.as_u16());
         if status.is_server_error() {

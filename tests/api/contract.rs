@@ -213,6 +213,20 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
     assert!(not_found.body["error"].is_string(), "{not_found:?}");
     assert_eq!(wrong_method.status, 405);
     assert!(wrong_method.body["error"].is_string(), "{wrong_method:?}");
+    let health = app
+        .client
+        .post(format!("{}/health", app.address))
+        .send()
+        .await
+        .unwrap();
+    let shout = app
+        .client
+        .get(format!("{}/", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.headers()["allow"], "GET");
+    assert_eq!(shout.headers()["allow"], "POST");
 }
 
 #[tokio::test]

@@ -9,9 +9,9 @@ use wiremock::{MockServer, ResponseTemplate};
 
 use crate::helpers::{TestApp, shout_call, shoutcloud, spawn_with_settings, test_settings};
 
-const DEADLINE_MS: u64 = 600;
+const DEADLINE_MS: u64 = 800;
 
-/// Deadline 600 ms, attempts 200 ms, two retries, a breaker that never opens here.
+/// Deadline 800 ms, attempts 200 ms, two retries, a breaker that never opens here.
 fn fault_settings(upstream: &MockServer) -> Settings {
     let mut settings = test_settings(upstream);
     settings.deadline_ms = DEADLINE_MS;
@@ -40,8 +40,9 @@ async fn assert_fallback_in_time(app: &TestApp) {
         (answer.status, answer.data(), answer.source()),
         (200, "TSET", "fallback")
     );
+    // The resilience target: within the deadline plus 50%.
     assert!(
-        elapsed < Duration::from_millis(DEADLINE_MS + 300),
+        elapsed < Duration::from_millis(DEADLINE_MS * 3 / 2),
         "took {elapsed:?}"
     );
 }
@@ -87,7 +88,7 @@ async fn a_hanging_upstream_is_cut_at_the_deadline() {
         .await;
 
     assert_fallback_in_time(&app).await;
-    // 200 ms attempts inside a 600 ms deadline: the retries stop at the deadline.
+    // 200 ms attempts inside an 800 ms deadline: three attempts at most, then the deadline.
     assert!(app.upstream_calls().await <= 3);
 }
 

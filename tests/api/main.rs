@@ -9,6 +9,7 @@ mod docs;
 mod faults;
 mod helpers;
 mod propagation;
+mod properties;
 mod resilience;
 mod rollout;
 mod slow_clients;
