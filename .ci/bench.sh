@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The load benchmark in one command (docs/benchmark.md explains it and shows the last results).
 #
-#   .ci/bench.sh                      full run: 7 scenarios x 2 interleaved rounds of 10 s, then
-#                                     1,000,000 unique inputs through the bounded cache (~6 min)
+#   .ci/bench.sh                      full run (~12 min on 2 cores): 7 scenarios x 2 interleaved
+#                                     rounds of 10 s, a one-CPU concurrency sweep, then
+#                                     1,000,000 unique inputs through the bounded cache
 #   BENCH_QUICK=1 .ci/bench.sh        ~1 minute smoke run (2 s per scenario, one round,
 #                                     100,000 inputs) that CI can afford
 #

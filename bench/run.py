@@ -994,7 +994,7 @@ def main() -> int:
             log(f"memory: {MEMORY_INPUTS:,} unique inputs, cache bound {CACHE_BYTES / MIB:g} MiB")
             memory = memory_run()
         if PROFILE:
-            log("profiling the cache-hit and breaker-open paths with perf")
+            log(f"profiling {', '.join(PROFILE_PATHS)} with perf")
             profiles = profile()
     finally:
         PROCS.stop_all()
