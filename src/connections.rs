@@ -83,8 +83,6 @@ impl<A: Acceptor> Acceptor for GuardedAcceptor<A> {
 enum Phase {
     /// Reading a request head, which must be complete by the deadline.
     Head {
-        /// When the head must be complete.
-        deadline: Pin<Box<Sleep>>,
         /// How many bytes of `\r\n\r\n` the last bytes read matched.
         matched: u8,
     },
@@ -102,21 +100,22 @@ pub struct GuardedIo<T> {
     _permit: OwnedSemaphorePermit,
     /// Time allowed for a complete request head.
     header_timeout: Duration,
+    /// When the current head must be complete. One timer per connection, reset for each head
+    /// and polled only when a read would wait, so a head that arrives in one read (the usual
+    /// case) never touches the timer wheel.
+    deadline: Pin<Box<Sleep>>,
     /// Where the connection is.
     phase: Phase,
 }
 
 impl<T> GuardedIo<T> {
     fn new(inner: T, permit: OwnedSemaphorePermit, header_timeout: Duration) -> Self {
-        let deadline = Box::pin(tokio::time::sleep(header_timeout));
         Self {
             inner,
             _permit: permit,
             header_timeout,
-            phase: Phase::Head {
-                deadline,
-                matched: 0,
-            },
+            deadline: Box::pin(tokio::time::sleep(header_timeout)),
+            phase: Phase::Head { matched: 0 },
         }
     }
 
@@ -126,15 +125,12 @@ impl<T> GuardedIo<T> {
             return;
         }
         if matches!(self.phase, Phase::Idle) {
-            let deadline = Box::pin(tokio::time::sleep_until(
-                Instant::now() + self.header_timeout,
-            ));
-            self.phase = Phase::Head {
-                deadline,
-                matched: 0,
-            };
+            self.deadline
+                .as_mut()
+                .reset(Instant::now() + self.header_timeout);
+            self.phase = Phase::Head { matched: 0 };
         }
-        if let Phase::Head { matched, .. } = &mut self.phase {
+        if let Phase::Head { matched } = &mut self.phase {
             const END: &[u8; 4] = b"\r\n\r\n";
             for &byte in bytes {
                 *matched = if byte == END[usize::from(*matched)] {
@@ -159,21 +155,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Phase::Head { deadline, .. } = &mut self.phase
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the request head was not received within the header read timeout",
-            )));
-        }
+        let this = &mut *self;
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let this = &mut *self;
-            this.observe(&buf.filled()[before..]);
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.observe(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending
+                if matches!(this.phase, Phase::Head { .. })
+                    && this.deadline.as_mut().poll(cx).is_ready() =>
+            {
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request head was not received within the header read timeout",
+                )))
+            }
+            other => other,
         }
-        result
     }
 }
 

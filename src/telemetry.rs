@@ -52,6 +52,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(TraceIdFields)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     }
@@ -99,8 +100,12 @@ pub struct CallerContext(pub Context);
 pub fn adopt_trace_context(span: &tracing::Span, headers: &http::HeaderMap) -> CallerContext {
     use opentelemetry::trace::TraceContextExt;
 
-    let parent: Context =
-        global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+    // Most requests carry no trace context: skip the propagator for them.
+    let parent: Context = if headers.contains_key("traceparent") {
+        global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+    } else {
+        Context::new()
+    };
     let remote = parent.span().span_context().trace_id();
     // An error only means no OpenTelemetry layer is installed; the caller's id is still logged.
     let _ = span.set_parent(parent.clone());
@@ -134,4 +139,65 @@ pub fn inject_trace_context(
     global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
+}
+
+/// Span fields for the JSON log format: only `trace_id`.
+///
+/// The fmt layer formats every field of every span when it is created and again on every
+/// `record`, and the JSON formatter re-parses the span's JSON each time: about a sixth of the
+/// CPU of a cache hit, for fields that no log line needs (the request's method, route and status
+/// are in the metrics and the traces). Log lines inside a request still carry its `trace_id`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TraceIdFields;
+
+/// Picks `trace_id` out of a span's fields.
+#[derive(Default)]
+struct TraceIdVisitor(Option<String>);
+
+impl tracing::field::Visit for TraceIdVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "trace_id" {
+            self.0 = Some(value.to_string());
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "trace_id" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+fn trace_id_json(trace_id: &str) -> String {
+    // Trace ids are hex digits, so no JSON escaping is needed; the filter keeps it that way.
+    let hex: String = trace_id.chars().filter(char::is_ascii_hexdigit).collect();
+    format!(r#"{{"trace_id":"{hex}"}}"#)
+}
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for TraceIdFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = TraceIdVisitor::default();
+        fields.record(&mut visitor);
+        match visitor.0 {
+            Some(trace_id) => writer.write_str(&trace_id_json(&trace_id)),
+            None => writer.write_str("{}"),
+        }
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut visitor = TraceIdVisitor::default();
+        fields.record(&mut visitor);
+        if let Some(trace_id) = visitor.0 {
+            current.fields = trace_id_json(&trace_id);
+        }
+        Ok(())
+    }
 }

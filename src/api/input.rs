@@ -177,7 +177,10 @@ fn from_untyped(text: &str) -> Result<String, ApiError> {
 }
 
 async fn read_body(request: &Request, body: &mut RequestBody) -> Result<bytes::Bytes, ApiError> {
-    let limits = request.data::<BodyLimits>().copied().unwrap_or_default();
+    let limits = request
+        .data::<crate::api::ApiContext>()
+        .map(|c| c.limits)
+        .unwrap_or_default();
     let limit = limits.max_bytes;
     let too_large = ApiError::TooLarge { limit };
     if let Some(length) = request.header(poem::http::header::CONTENT_LENGTH) {

@@ -37,29 +37,13 @@ pub fn openapi_json() -> String {
     service().spec()
 }
 
-/// Serves `/v1/` as `/v1`: poem-openapi drops trailing slashes from operation paths, and the
-/// original service answered on both.
-async fn alias_v1_slash(mut request: poem::Request) -> poem::Result<poem::Request> {
-    if request.uri().path() == "/v1/" {
-        let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        let query = parts
-            .path_and_query
-            .as_ref()
-            .and_then(|pq| pq.query())
-            .map(str::to_owned);
-        let rewritten = match query {
-            Some(query) => format!("/v1?{query}"),
-            None => "/v1".to_string(),
-        };
-        parts.path_and_query = Some(
-            rewritten
-                .parse()
-                .map_err(|e| ApiError::Internal(format!("rewriting /v1/: {e}")))?,
-        );
-        *request.uri_mut() = poem::http::Uri::from_parts(parts)
-            .map_err(|e| ApiError::Internal(format!("rewriting /v1/: {e}")))?;
-    }
-    Ok(request)
+/// What the operations need from the service, attached to requests as one piece of data.
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    /// The resolve pipeline.
+    pub resolver: Resolver,
+    /// Body size and read-time limits.
+    pub limits: input::BodyLimits,
 }
 
 /// The public port's endpoint: the API, its docs, and the observing layer.
@@ -74,8 +58,9 @@ pub fn public_endpoint(
         .at("/openapi.yaml", api.spec_endpoint_yaml())
         .nest("/docs", api.swagger_ui())
         .nest("/", api)
-        .before(alias_v1_slash)
-        .data(resolver)
-        .data(body_limits);
+        .data(ApiContext {
+            resolver,
+            limits: body_limits,
+        });
     observe::Observe::new(routes, metrics)
 }

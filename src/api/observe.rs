@@ -37,6 +37,27 @@ pub fn route_index(path: &str) -> usize {
     }
 }
 
+/// Serves `/v1/` as `/v1`: poem-openapi drops trailing slashes from operation paths, and the
+/// original service answered on both. Done here rather than in a `before` layer, which would
+/// box one more future per request.
+fn alias_v1_slash(request: &mut Request) {
+    let query = request.uri().query().map(str::to_owned);
+    let rewritten = match query {
+        Some(query) => format!("/v1?{query}"),
+        None => "/v1".to_string(),
+    };
+    // "/v1" and a query taken from a valid URI always make a valid URI; were it not so, the
+    // request would go on as `/v1/` and get a JSON 404.
+    let Ok(path_and_query) = rewritten.parse::<poem::http::uri::PathAndQuery>() else {
+        return;
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    if let Ok(uri) = poem::http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+}
+
 /// The `Allow` header a 405 on a route must carry (RFC 9110 15.5.6); `None` for unknown paths.
 fn allowed_methods(route: usize) -> Option<&'static str> {
     match *ROUTES.get(route)? {
@@ -74,10 +95,13 @@ impl Drop for Active {
 impl<E: Endpoint> Endpoint for Observe<E> {
     type Output = Response;
 
-    async fn call(&self, request: Request) -> Result<Response> {
+    async fn call(&self, mut request: Request) -> Result<Response> {
         let method = request.method().clone();
         let route_slot = route_index(request.uri().path());
         let route = ROUTES[route_slot];
+        if route == "/v1/" {
+            alias_v1_slash(&mut request);
+        }
         let span = tracing::info_span!(
             "request",
             otel.name = %format_args!("{method} {route}"),
@@ -89,7 +113,6 @@ impl<E: Endpoint> Endpoint for Observe<E> {
             trace_id = tracing::field::Empty,
         );
         let caller = crate::telemetry::adopt_trace_context(&span, request.headers());
-        let mut request = request;
         request.extensions_mut().insert(caller);
         let active = self.metrics.http_active(method.as_str(), route_slot);
         let _active = Active(active);

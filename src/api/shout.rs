@@ -6,6 +6,7 @@ use poem::web::Data;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
+use crate::api::ApiContext;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::input::ShoutInput;
 use crate::shout::Resolver;
@@ -111,11 +112,11 @@ impl ShoutApi {
     )]
     async fn shout(
         &self,
-        resolver: Data<&Resolver>,
+        context: Data<&ApiContext>,
         request: &Request,
         input: ShoutInput,
     ) -> ShoutResult {
-        Self::answer(&resolver, request, input).await
+        Self::answer(&context.resolver, request, input).await
     }
 
     /// Reverse and capitalize a string (versioned path).
@@ -130,11 +131,11 @@ impl ShoutApi {
     )]
     async fn shout_v1(
         &self,
-        resolver: Data<&Resolver>,
+        context: Data<&ApiContext>,
         request: &Request,
         input: ShoutInput,
     ) -> ShoutResult {
-        Self::answer(&resolver, request, input).await
+        Self::answer(&context.resolver, request, input).await
     }
 
     /// Health of the public port.

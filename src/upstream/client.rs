@@ -108,6 +108,9 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
+            // shoutcloud answers directly; following redirects would only add work and a way
+            // to send requests elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("shout-proxy/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let policy = ExponentialBackoff::builder()
