@@ -7,7 +7,9 @@ use serde_json::json;
 use shout_proxy::Settings;
 use wiremock::{MockServer, ResponseTemplate};
 
-use crate::helpers::{TestApp, shout_call, shoutcloud, spawn_with_settings, test_settings};
+use crate::helpers::{
+    TestApp, shout_call, shoutcloud, slow_shoutcloud, spawn_with_settings, test_settings,
+};
 
 const DEADLINE_MS: u64 = 800;
 
@@ -96,9 +98,7 @@ async fn a_hanging_upstream_is_cut_at_the_deadline() {
 async fn a_slow_upstream_within_the_deadline_still_answers() {
     let app = fault_app().await;
     shout_call()
-        .respond_with(move |request: &wiremock::Request| {
-            shoutcloud(request).set_delay(Duration::from_millis(100))
-        })
+        .respond_with(slow_shoutcloud(100))
         .expect(1)
         .mount(&app.upstream)
         .await;

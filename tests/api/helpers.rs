@@ -98,6 +98,11 @@ pub fn shoutcloud(request: &Request) -> ResponseTemplate {
         .set_body_json(json!({"INPUT": input, "OUTPUT": input.to_uppercase()}))
 }
 
+/// A shoutcloud that answers correctly after `delay_ms`.
+pub fn slow_shoutcloud(delay_ms: u64) -> impl Fn(&Request) -> ResponseTemplate {
+    move |request| shoutcloud(request).set_delay(Duration::from_millis(delay_ms))
+}
+
 /// A matcher for calls to the shout endpoint.
 pub fn shout_call() -> wiremock::MockBuilder {
     Mock::given(method("POST")).and(path("/V1/SHOUT"))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use wiremock::ResponseTemplate;
 
-use crate::helpers::{shout_call, shoutcloud, spawn_app_with};
+use crate::helpers::{shout_call, shoutcloud, slow_shoutcloud, spawn_app_with};
 
 #[tokio::test]
 async fn after_the_breaker_opens_no_call_reaches_the_upstream() {
@@ -50,9 +50,7 @@ async fn half_open_sends_exactly_one_probe_under_concurrent_load_then_closes() {
         .mount(&app.upstream)
         .await;
     shout_call()
-        .respond_with(|request: &wiremock::Request| {
-            shoutcloud(request).set_delay(Duration::from_millis(300))
-        })
+        .respond_with(slow_shoutcloud(300))
         .mount(&app.upstream)
         .await;
     app.shout("a").await;
@@ -123,9 +121,7 @@ async fn retries_stop_when_the_budget_is_spent() {
 async fn concurrent_identical_misses_make_one_upstream_call() {
     let app = spawn_app_with(|_| {}).await;
     shout_call()
-        .respond_with(|request: &wiremock::Request| {
-            shoutcloud(request).set_delay(Duration::from_millis(200))
-        })
+        .respond_with(slow_shoutcloud(200))
         .expect(1)
         .mount(&app.upstream)
         .await;
@@ -189,9 +185,7 @@ async fn a_full_bulkhead_answers_from_the_fallback_at_once() {
     })
     .await;
     shout_call()
-        .respond_with(|request: &wiremock::Request| {
-            shoutcloud(request).set_delay(Duration::from_millis(900))
-        })
+        .respond_with(slow_shoutcloud(900))
         .expect(1)
         .mount(&app.upstream)
         .await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use wiremock::MockServer;
 
-use crate::helpers::{shout_call, shoutcloud};
+use crate::helpers::{shout_call, slow_shoutcloud};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
     let upstream = MockServer::start().await;
     shout_call()
-        .respond_with(|r: &wiremock::Request| shoutcloud(r).set_delay(Duration::from_millis(5)))
+        .respond_with(slow_shoutcloud(5))
         .mount(&upstream)
         .await;
     let (port, admin) = (free_port(), free_port());
@@ -132,7 +132,7 @@ async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
     let during_drain = succeeded.load(Ordering::Relaxed) - before_stop;
     upstream.reset().await;
     shout_call()
-        .respond_with(|r: &wiremock::Request| shoutcloud(r).set_delay(Duration::from_millis(1200)))
+        .respond_with(slow_shoutcloud(1200))
         .mount(&upstream)
         .await;
     let in_flight = client
