@@ -255,11 +255,11 @@ impl Settings {
         if self.max_connections == 0 {
             return Err(invalid("max-connections", "must be above 0"));
         }
-        if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
-            return Err(invalid(
-                "header-read-timeout-ms",
-                "read timeouts must be above 0",
-            ));
+        if self.header_read_timeout_ms == 0 {
+            return Err(invalid("header-read-timeout-ms", "must be above 0"));
+        }
+        if self.body_read_timeout_ms == 0 {
+            return Err(invalid("body-read-timeout-ms", "must be above 0"));
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max-body-bytes", "must be above 0"));

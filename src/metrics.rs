@@ -30,11 +30,16 @@ const METHODS: [&str; 2] = ["GET", "POST"];
 const STATUSES: [u16; 8] = [200, 400, 404, 405, 408, 413, 500, 503];
 const HTTP_SLOTS: usize = METHODS.len() * ROUTES.len() * STATUSES.len();
 
+/// The slot of a common (method, route) label set.
+fn route_slot(method: &str, route: usize) -> Option<usize> {
+    let m = METHODS.iter().position(|&known| known == method)?;
+    (route < ROUTES.len()).then(|| m * ROUTES.len() + route)
+}
+
 /// The slot of a common (method, route, status) label set.
 fn http_index(method: &str, route: usize, status: u16) -> Option<usize> {
-    let m = METHODS.iter().position(|&known| known == method)?;
     let s = STATUSES.iter().position(|&known| known == status)?;
-    (route < ROUTES.len()).then(|| (m * ROUTES.len() + route) * STATUSES.len() + s)
+    Some(route_slot(method, route)? * STATUSES.len() + s)
 }
 
 /// Every metric the service exports.
@@ -49,8 +54,7 @@ pub struct Metrics {
     /// `http_duration` children for common label sets, resolved on first use so the hot path
     /// skips the vector's hashing and lock; indexed by [`http_index`].
     http_duration_children: Vec<OnceLock<Histogram>>,
-    /// `http_active` children for (method, route), indexed like `http_duration_children`
-    /// with status slot 0.
+    /// `http_active` children for common (method, route) label sets, indexed by `route_slot`.
     http_active_children: Vec<OnceLock<IntGauge>>,
     /// Upstream attempts by outcome, indexed by [`AttemptOutcome`].
     attempts: [IntCounter; AttemptOutcome::ALL.len()],
@@ -227,7 +231,9 @@ impl Metrics {
             http_duration,
             http_active,
             http_duration_children: (0..HTTP_SLOTS).map(|_| OnceLock::new()).collect(),
-            http_active_children: (0..HTTP_SLOTS).map(|_| OnceLock::new()).collect(),
+            http_active_children: (0..METHODS.len() * ROUTES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
             attempts: AttemptOutcome::ALL.map(|o| attempts_vec.with_label_values(&[o.as_str()])),
             attempt_duration: AttemptOutcome::ALL
                 .map(|o| attempt_duration_vec.with_label_values(&[o.as_str()])),
@@ -296,7 +302,7 @@ impl Metrics {
     /// The active-requests gauge of (method, route template index).
     pub fn http_active(&self, method: &str, route: usize) -> IntGauge {
         let route_label = ROUTES.get(route).copied().unwrap_or("other");
-        match http_index(method, route, STATUSES[0]) {
+        match route_slot(method, route) {
             Some(slot) => self.http_active_children[slot]
                 .get_or_init(|| self.http_active.with_label_values(&[method, route_label]))
                 .clone(),

@@ -295,6 +295,11 @@ impl Breaker {
     /// that lets an open breaker answer from the fallback before any work is spawned. It still
     /// moves an expired open period to half-open, so the probe is not delayed.
     pub fn admits(&self) -> Result<(), Rejection> {
+        // Closed, failsafe admits every call, and the attempt's `permit` asks it anyway: no need
+        // to take its lock twice per miss.
+        if self.state() == BreakerState::Closed {
+            return Ok(());
+        }
         if self.state() == BreakerState::Open {
             let now = u64::try_from(self.shared.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
             if now < self.shared.next_open_check_us.load(Ordering::Relaxed) {
