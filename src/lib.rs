@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: settings (`clap` + `SHOUT_*` environment), validated once.
 //! - [`startup`]: [`startup::Application`] binds both listeners and runs until stopped.
-//! - [`connections`]: the public listener's connection cap and request-head timeout.
+//! - [`server`]: the listeners: hyper's HTTP/1 with header and idle timeouts, the connection
+//!   cap (idle keep-alive connections closed first), graceful stop, connection metrics.
 //! - [`api`]: the public port (poem-openapi): operations, request reading, the one error mapping.
 //! - [`admin`]: the operators' port: `/livez`, `/readyz`, `/metrics`, `/status`.
 //! - [`shout`]: the domain: the transform, and the resolve pipeline.
@@ -25,8 +26,8 @@ pub mod admin;
 pub mod api;
 pub mod cache;
 pub mod config;
-pub mod connections;
 pub mod metrics;
+pub mod server;
 pub mod shout;
 pub mod startup;
 pub mod telemetry;

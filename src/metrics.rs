@@ -1,19 +1,15 @@
 //! Prometheus metrics: one registry, served on the admin listener's `/metrics`.
 //!
-//! HTTP server metrics follow the OpenTelemetry HTTP semantic conventions in their Prometheus
-//! form (`http_server_request_duration_seconds`, seconds, the OTel recommended buckets); labels
-//! are bounded (route templates, never paths or inputs). Our own metrics carry the `shout_`
-//! prefix. Series with a fixed, small label set (answers by source, fallbacks by reason,
-//! attempts by outcome) are resolved once at start so the hot path does no label lookup.
+//! HTTP server metrics are registered by `api::observe`, connection metrics by `server`, on
+//! this registry. Our own metrics carry the `shout_` prefix. Series with a fixed, small label
+//! set (answers by source, fallbacks by reason, attempts by outcome) are resolved once at start
+//! so the hot path does no label lookup.
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use std::sync::OnceLock;
-
-use crate::api::observe::ROUTES;
 use crate::shout::Source;
 use crate::shout::resolve::FallbackReason;
 use crate::upstream::breaker::BreakerState;
@@ -24,38 +20,11 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// Methods whose HTTP series are resolved once.
-const METHODS: [&str; 2] = ["GET", "POST"];
-/// Statuses whose HTTP series are resolved once.
-const STATUSES: [u16; 8] = [200, 400, 404, 405, 408, 413, 500, 503];
-const HTTP_SLOTS: usize = METHODS.len() * ROUTES.len() * STATUSES.len();
-
-/// The slot of a common (method, route) label set.
-fn route_slot(method: &str, route: usize) -> Option<usize> {
-    let m = METHODS.iter().position(|&known| known == method)?;
-    (route < ROUTES.len()).then(|| m * ROUTES.len() + route)
-}
-
-/// The slot of a common (method, route, status) label set.
-fn http_index(method: &str, route: usize, status: u16) -> Option<usize> {
-    let s = STATUSES.iter().position(|&known| known == status)?;
-    Some(route_slot(method, route)? * STATUSES.len() + s)
-}
-
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
     /// The registry `/metrics` encodes.
     registry: Registry,
-    /// Public HTTP request durations by method, route template and status.
-    http_duration: HistogramVec,
-    /// Requests being served, by method and route template.
-    http_active: IntGaugeVec,
-    /// `http_duration` children for common label sets, resolved on first use so the hot path
-    /// skips the vector's hashing and lock; indexed by [`http_index`].
-    http_duration_children: Vec<OnceLock<Histogram>>,
-    /// `http_active` children for common (method, route) label sets, indexed by `route_slot`.
-    http_active_children: Vec<OnceLock<IntGauge>>,
     /// Upstream attempts by outcome, indexed by [`AttemptOutcome`].
     attempts: [IntCounter; AttemptOutcome::ALL.len()],
     /// Upstream attempt durations by outcome, indexed by [`AttemptOutcome`].
@@ -126,33 +95,6 @@ impl Metrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let http_duration = register(
-            &registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "http_server_request_duration_seconds",
-                    "Duration of HTTP server requests.",
-                )
-                .buckets(DURATION_BUCKETS.to_vec()),
-                &[
-                    "http_request_method",
-                    "http_route",
-                    "http_response_status_code",
-                ],
-            )
-            .expect("valid metric"),
-        );
-        let http_active = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "http_server_active_requests",
-                    "Number of active HTTP server requests.",
-                ),
-                &["http_request_method", "http_route"],
-            )
-            .expect("valid metric"),
-        );
         let attempts_vec = counter_vec(
             &registry,
             "shout_upstream_attempts_total",
@@ -228,12 +170,6 @@ impl Metrics {
             .expect("the process collector registers once");
 
         Self {
-            http_duration,
-            http_active,
-            http_duration_children: (0..HTTP_SLOTS).map(|_| OnceLock::new()).collect(),
-            http_active_children: (0..METHODS.len() * ROUTES.len())
-                .map(|_| OnceLock::new())
-                .collect(),
             attempts: AttemptOutcome::ALL.map(|o| attempts_vec.with_label_values(&[o.as_str()])),
             attempt_duration: AttemptOutcome::ALL
                 .map(|o| attempt_duration_vec.with_label_values(&[o.as_str()])),
@@ -299,33 +235,6 @@ impl Metrics {
         }
     }
 
-    /// The active-requests gauge of (method, route template index).
-    pub fn http_active(&self, method: &str, route: usize) -> IntGauge {
-        let route_label = ROUTES.get(route).copied().unwrap_or("other");
-        match route_slot(method, route) {
-            Some(slot) => self.http_active_children[slot]
-                .get_or_init(|| self.http_active.with_label_values(&[method, route_label]))
-                .clone(),
-            None => self.http_active.with_label_values(&[method, route_label]),
-        }
-    }
-
-    /// Records one served request.
-    pub fn observe_http(&self, method: &str, route: usize, status: u16, seconds: f64) {
-        let route_label = ROUTES.get(route).copied().unwrap_or("other");
-        let resolve = || {
-            let status = status.to_string();
-            self.http_duration
-                .with_label_values(&[method, route_label, status.as_str()])
-        };
-        match http_index(method, route, status) {
-            Some(slot) => self.http_duration_children[slot]
-                .get_or_init(resolve)
-                .observe(seconds),
-            None => resolve().observe(seconds),
-        }
-    }
-
     /// Records one upstream attempt.
     pub fn attempt(&self, outcome: AttemptOutcome, seconds: f64) {
         self.attempts[outcome as usize].inc();
@@ -353,6 +262,11 @@ impl Metrics {
                 .with_label_values(&[to.as_str()])
                 .inc();
         }
+    }
+
+    /// The registry `/metrics` encodes, for components that register their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Encodes every metric in the Prometheus text format.

@@ -13,49 +13,48 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use poem::Server;
-use poem::listener::{Acceptor, TcpAcceptor};
-use tokio::sync::watch;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Readiness, admin_endpoint};
 use crate::api::input::BodyLimits;
+use crate::api::observe::HttpMetrics;
 use crate::api::public_endpoint;
 use crate::cache::AnswerCache;
 use crate::config::Settings;
-use crate::connections::GuardedAcceptor;
 use crate::metrics::Metrics;
+use crate::server::{ConnectionMetricFamilies, ListenerConfig, ListenerName};
 use crate::shout::Resolver;
 use crate::shout::resolve::ResolverParts;
 use crate::upstream::breaker::{Breaker, BreakerConfig};
 use crate::upstream::budget::RetryBudget;
 use crate::upstream::{ClientConfig, UpstreamClient};
 
+/// Connections the admin port accepts at once: probes and scrapes need a handful.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// A built, bound, not yet running service.
 pub struct Application {
     /// The public listener, bound.
-    public: TcpAcceptor,
+    public: TcpListener,
     /// The admin listener, bound.
-    admin: TcpAcceptor,
+    admin: TcpListener,
     /// The public address actually bound.
     public_addr: SocketAddr,
     /// The admin address actually bound.
     admin_addr: SocketAddr,
     /// The resolve pipeline.
     resolver: Resolver,
-    /// Every metric.
+    /// The pipeline's metrics and the shared registry.
     metrics: Arc<Metrics>,
+    /// The public port's HTTP metrics.
+    http_metrics: HttpMetrics,
+    /// Both listeners' connection metrics.
+    connection_metrics: ConnectionMetricFamilies,
     /// The `/readyz` switch.
     readiness: Readiness,
     /// The settings it was built from.
     settings: Settings,
-}
-
-fn local_addr(acceptor: &TcpAcceptor) -> anyhow::Result<SocketAddr> {
-    acceptor
-        .local_addr()
-        .first()
-        .and_then(|addr| addr.as_socket_addr().copied())
-        .context("the listener has no socket address")
 }
 
 /// Builds the resolve pipeline from settings.
@@ -110,18 +109,31 @@ impl Application {
         settings.validate()?;
         crate::telemetry::install_propagator();
         let metrics = Arc::new(Metrics::new());
+        let registry = metrics.registry();
+        let http_metrics =
+            HttpMetrics::register(registry).context("registering the HTTP metrics")?;
+        let connection_metrics = ConnectionMetricFamilies::register(registry)
+            .context("registering the connection metrics")?;
+        crate::telemetry::register_metrics(registry)
+            .context("registering the trace export metrics")?;
         let resolver = build_resolver(&settings, metrics.clone())?;
-        let public = bind(settings.listen).await.context("binding --listen")?;
-        let admin = bind(settings.admin_listen)
+        let public = TcpListener::bind(settings.listen)
             .await
-            .context("binding --admin-listen")?;
+            .with_context(|| format!("binding --listen {}", settings.listen))?;
+        let admin = TcpListener::bind(settings.admin_listen)
+            .await
+            .with_context(|| format!("binding --admin-listen {}", settings.admin_listen))?;
         Ok(Self {
-            public_addr: local_addr(&public)?,
-            admin_addr: local_addr(&admin)?,
+            public_addr: public
+                .local_addr()
+                .context("the public listener's address")?,
+            admin_addr: admin.local_addr().context("the admin listener's address")?,
             public,
             admin,
             resolver,
             metrics,
+            http_metrics,
+            connection_metrics,
             readiness: Readiness::default(),
             settings,
         })
@@ -147,6 +159,8 @@ impl Application {
             admin,
             resolver,
             metrics,
+            http_metrics,
+            connection_metrics,
             readiness,
             settings,
             public_addr,
@@ -154,41 +168,45 @@ impl Application {
         } = self;
         tracing::info!(%public_addr, %admin_addr, upstream = %settings.upstream_url, "shout-proxy started");
 
-        let (stop_public, public_stopping) = watch::channel(false);
-        let (stop_admin, admin_stopping) = watch::channel(false);
-        let idle = Duration::from_millis(settings.idle_timeout_ms);
-        let grace = Some(Duration::from_millis(settings.shutdown_timeout_ms));
+        let header_read_timeout = Duration::from_millis(settings.header_read_timeout_ms);
+        let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
+        let shutdown_timeout = Duration::from_millis(settings.shutdown_timeout_ms);
+        let stop_public = CancellationToken::new();
+        let stop_admin = CancellationToken::new();
 
-        let public = GuardedAcceptor::new(
+        let public_task = tokio::spawn(crate::server::run(
             public,
-            settings.max_connections,
-            Duration::from_millis(settings.header_read_timeout_ms),
-        );
-        let public_server = Server::new_with_acceptor(public)
-            .name("public")
-            .idle_timeout(idle)
-            .run_with_graceful_shutdown(
-                public_endpoint(
-                    resolver.clone(),
-                    metrics.clone(),
-                    BodyLimits {
-                        max_bytes: settings.max_body_bytes,
-                        read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
-                    },
-                ),
-                wait_for(public_stopping),
-                grace,
-            );
-        let admin_server = Server::new_with_acceptor(admin)
-            .name("admin")
-            .idle_timeout(idle)
-            .run_with_graceful_shutdown(
-                admin_endpoint(resolver, metrics, readiness.clone()),
-                wait_for(admin_stopping),
-                grace,
-            );
-        let public_task = tokio::spawn(public_server);
-        let admin_task = tokio::spawn(admin_server);
+            public_endpoint(
+                resolver.clone(),
+                http_metrics,
+                BodyLimits {
+                    max_bytes: settings.max_body_bytes,
+                    read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
+                },
+            ),
+            ListenerConfig {
+                name: ListenerName::Public,
+                max_connections: settings.max_connections,
+                header_read_timeout,
+                idle_timeout,
+                shutdown_timeout,
+            },
+            connection_metrics.listener(ListenerName::Public),
+            stop_public.clone(),
+        ));
+        let admin_task = tokio::spawn(crate::server::run(
+            admin,
+            admin_endpoint(resolver, metrics, readiness.clone()),
+            ListenerConfig {
+                name: ListenerName::Admin,
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                header_read_timeout,
+                idle_timeout,
+                shutdown_timeout,
+            },
+            connection_metrics.listener(ListenerName::Admin),
+            stop_admin.clone(),
+        ));
 
         shutdown.await;
         readiness.drain();
@@ -198,29 +216,11 @@ impl Application {
         );
         tokio::time::sleep(settings.drain()).await;
         tracing::info!("drain period over: no new connections, finishing in-flight requests");
-        let _ = stop_public.send(true);
-        public_task
-            .await
-            .context("the public server task")?
-            .context("the public server")?;
-        let _ = stop_admin.send(true);
-        admin_task
-            .await
-            .context("the admin server task")?
-            .context("the admin server")?;
+        stop_public.cancel();
+        public_task.await.context("the public listener task")?;
+        stop_admin.cancel();
+        admin_task.await.context("the admin listener task")?;
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-async fn bind(addr: SocketAddr) -> anyhow::Result<TcpAcceptor> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    Ok(TcpAcceptor::from_tokio(listener)?)
-}
-
-async fn wait_for(mut stopping: watch::Receiver<bool>) {
-    // An error means the sender is gone, which only happens when the service stops anyway.
-    let _ = stopping.wait_for(|stop| *stop).await;
 }

@@ -19,6 +19,23 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, Settings};
 
+/// Spans the exporter could not send, process-wide: the exporter is built before the registry.
+fn spans_dropped() -> &'static prometheus::IntCounter {
+    static DROPPED: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
+    DROPPED.get_or_init(|| {
+        prometheus::IntCounter::new(
+            "shout_trace_spans_dropped_total",
+            "Spans the OTLP exporter could not send.",
+        )
+        .unwrap_or_else(|_| unreachable!("the name and help are valid"))
+    })
+}
+
+/// Registers the trace export metrics on `registry`.
+pub fn register_metrics(registry: &prometheus::Registry) -> prometheus::Result<()> {
+    registry.register(Box::new(spans_dropped().clone()))
+}
+
 /// Keeps the tracer provider alive; flushes spans when dropped at shutdown.
 #[derive(Debug, Default)]
 pub struct TelemetryGuard {

@@ -11,14 +11,11 @@ pub mod input;
 pub mod observe;
 pub mod shout;
 
-use std::sync::Arc;
-
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
 pub use error::ApiError;
 
-use crate::metrics::Metrics;
 use crate::shout::Resolver;
 
 /// Title and description of the OpenAPI document.
@@ -49,7 +46,7 @@ pub struct ApiContext {
 /// The public port's endpoint: the API, its docs, and the observing layer.
 pub fn public_endpoint(
     resolver: Resolver,
-    metrics: Arc<Metrics>,
+    metrics: observe::HttpMetrics,
     body_limits: input::BodyLimits,
 ) -> impl Endpoint {
     let api = service();
