@@ -11,11 +11,19 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `--version`: the crate version and the git revision it was built from (set by `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SHOUT_GIT_REVISION"),
+    ")"
+);
+
 /// Command line of the `shout-proxy` binary.
 #[derive(Debug, Parser)]
 #[command(
     name = "shout-proxy",
-    version,
+    version = VERSION,
     about = "Reverses strings and has shoutcloud capitalize them, resiliently."
 )]
 pub struct Cli {
@@ -52,7 +60,8 @@ pub struct Settings {
     pub listen: SocketAddr,
 
     /// Address of the operators' listener (/livez, /readyz, /metrics, /status); never public.
-    #[arg(long, env = "SHOUT_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    /// Loopback by default; Kubernetes sets `0.0.0.0:8081` so that probes and scrapes reach it.
+    #[arg(long, env = "SHOUT_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
 
     /// The shoutcloud endpoint: POST {"INPUT": s} answers {"INPUT": s, "OUTPUT": S}.
@@ -64,20 +73,20 @@ pub struct Settings {
     pub upstream_url: String,
 
     /// Largest accepted request body in bytes; larger bodies get 413.
-    #[arg(long, env = "SHOUT_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "SHOUT_MAX_BODY_BYTES", value_parser = positive_usize(), default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
     /// Overall deadline for getting an answer from shoutcloud, retries included; when it passes
     /// the local fallback answers.
-    #[arg(long, env = "SHOUT_DEADLINE_MS", default_value_t = 1000)]
+    #[arg(long, env = "SHOUT_DEADLINE_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 1000)]
     pub deadline_ms: u64,
 
     /// Timeout of one upstream attempt (connect, send, read the answer).
-    #[arg(long, env = "SHOUT_UPSTREAM_TIMEOUT_MS", default_value_t = 300)]
+    #[arg(long, env = "SHOUT_UPSTREAM_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
     pub upstream_timeout_ms: u64,
 
     /// Timeout for establishing a TCP connection to the upstream.
-    #[arg(long, env = "SHOUT_UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 200)]
+    #[arg(long, env = "SHOUT_UPSTREAM_CONNECT_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 200)]
     pub upstream_connect_timeout_ms: u64,
 
     /// Most retries after the first attempt of one request (each also needs the retry budget).
@@ -85,11 +94,11 @@ pub struct Settings {
     pub retry_max: u32,
 
     /// Smallest backoff before a retry (exponential, full jitter).
-    #[arg(long, env = "SHOUT_RETRY_MIN_BACKOFF_MS", default_value_t = 10)]
+    #[arg(long, env = "SHOUT_RETRY_MIN_BACKOFF_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10)]
     pub retry_min_backoff_ms: u64,
 
     /// Largest backoff before a retry.
-    #[arg(long, env = "SHOUT_RETRY_MAX_BACKOFF_MS", default_value_t = 200)]
+    #[arg(long, env = "SHOUT_RETRY_MAX_BACKOFF_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 200)]
     pub retry_max_backoff_ms: u64,
 
     /// Retries may add at most this fraction to upstream traffic over the budget window.
@@ -101,12 +110,12 @@ pub struct Settings {
     pub retry_budget_min_per_sec: u32,
 
     /// Sliding window of the retry budget, in seconds.
-    #[arg(long, env = "SHOUT_RETRY_BUDGET_WINDOW_SECS", default_value_t = 10)]
+    #[arg(long, env = "SHOUT_RETRY_BUDGET_WINDOW_SECS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10)]
     pub retry_budget_window_secs: u64,
 
     /// The breaker opens after this many consecutive failed attempts (retries count). Ten keeps
     /// a 30%-flaky upstream from tripping it by chance; sustained trouble trips the rate rule.
-    #[arg(long, env = "SHOUT_BREAKER_CONSECUTIVE_FAILURES", default_value_t = 10)]
+    #[arg(long, env = "SHOUT_BREAKER_CONSECUTIVE_FAILURES", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 10)]
     pub breaker_consecutive_failures: u32,
 
     /// The breaker also opens when the success rate over its window falls below this.
@@ -118,27 +127,27 @@ pub struct Settings {
     pub breaker_min_calls: u32,
 
     /// Window of the breaker's success rate, in whole seconds.
-    #[arg(long, env = "SHOUT_BREAKER_WINDOW_SECS", default_value_t = 10)]
+    #[arg(long, env = "SHOUT_BREAKER_WINDOW_SECS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10)]
     pub breaker_window_secs: u64,
 
     /// How long the breaker stays open after its first trip; doubles with each repeated trip.
-    #[arg(long, env = "SHOUT_BREAKER_OPEN_MS", default_value_t = 5000)]
+    #[arg(long, env = "SHOUT_BREAKER_OPEN_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 5000)]
     pub breaker_open_ms: u64,
 
     /// Longest open period of the breaker.
-    #[arg(long, env = "SHOUT_BREAKER_MAX_OPEN_MS", default_value_t = 60_000)]
+    #[arg(long, env = "SHOUT_BREAKER_MAX_OPEN_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 60_000)]
     pub breaker_max_open_ms: u64,
 
     /// Most concurrent upstream calls (the bulkhead); beyond it the fallback answers at once.
-    #[arg(long, env = "SHOUT_BULKHEAD", default_value_t = 128)]
+    #[arg(long, env = "SHOUT_BULKHEAD", value_parser = positive_usize(), default_value_t = 128)]
     pub bulkhead: usize,
 
     /// Byte bound of the answer cache (keys and values weighed).
-    #[arg(long, env = "SHOUT_CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "SHOUT_CACHE_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 64 * 1024 * 1024)]
     pub cache_max_bytes: u64,
 
     /// How long a confirmed answer stays cached, in seconds.
-    #[arg(long, env = "SHOUT_CACHE_TTL_SECS", default_value_t = 600)]
+    #[arg(long, env = "SHOUT_CACHE_TTL_SECS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 600)]
     pub cache_ttl_secs: u64,
 
     /// After SIGTERM/SIGINT, keep serving this long while /readyz says 503 so load balancers
@@ -147,24 +156,29 @@ pub struct Settings {
     pub drain_ms: u64,
 
     /// Longest wait for in-flight requests once the listener stopped accepting.
-    #[arg(long, env = "SHOUT_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "SHOUT_SHUTDOWN_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
     /// Close keep-alive connections idle this long.
-    #[arg(long, env = "SHOUT_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(long, env = "SHOUT_IDLE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
     /// Time allowed for a complete request head; slower connections are closed.
-    #[arg(long, env = "SHOUT_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "SHOUT_HEADER_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 5000)]
     pub header_read_timeout_ms: u64,
 
     /// Time allowed for reading a request body once its head arrived; slower bodies get 408.
-    #[arg(long, env = "SHOUT_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "SHOUT_BODY_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10_000)]
     pub body_read_timeout_ms: u64,
 
     /// Most open connections on the public port; beyond it new ones wait in the backlog.
-    #[arg(long, env = "SHOUT_MAX_CONNECTIONS", default_value_t = 4096)]
+    #[arg(long, env = "SHOUT_MAX_CONNECTIONS", value_parser = positive_usize(), default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// Export traces over OTLP/HTTP to this collector (`/v1/traces` is appended), e.g.
+    /// `http://otel-collector:4318`. Unset: no traces are exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 
     /// Log format.
     #[arg(long, env = "SHOUT_LOG_FORMAT", value_enum, default_value = "text")]
@@ -175,6 +189,11 @@ pub struct Settings {
     /// keeps only its errors.
     #[arg(long, env = "SHOUT_LOG", default_value = "info,reqwest_retry=error")]
     pub log: String,
+}
+
+/// A parser for counts that must be at least 1.
+fn positive_usize() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 /// A setting that cannot work, named by its flag.
@@ -216,6 +235,14 @@ impl Settings {
                 "must be above 0 and at most --deadline-ms",
             ));
         }
+        if self.upstream_connect_timeout_ms == 0
+            || self.upstream_connect_timeout_ms > self.upstream_timeout_ms
+        {
+            return Err(invalid(
+                "upstream-connect-timeout-ms",
+                "must be above 0 and at most --upstream-timeout-ms",
+            ));
+        }
         if self.retry_min_backoff_ms == 0 || self.retry_min_backoff_ms > self.retry_max_backoff_ms {
             return Err(invalid(
                 "retry-min-backoff-ms",
@@ -249,6 +276,13 @@ impl Settings {
                 "must be above 0 and at most --breaker-max-open-ms",
             ));
         }
+        if self.breaker_open_ms < self.upstream_timeout_ms {
+            return Err(invalid(
+                "breaker-open-ms",
+                "must be at least --upstream-timeout-ms: a shorter open period lets a probe go \
+                 out before the attempts that tripped the breaker have timed out",
+            ));
+        }
         if self.bulkhead == 0 {
             return Err(invalid("bulkhead", "must be above 0"));
         }
@@ -261,11 +295,24 @@ impl Settings {
         if self.body_read_timeout_ms == 0 {
             return Err(invalid("body-read-timeout-ms", "must be above 0"));
         }
+        if self.shutdown_timeout_ms == 0 {
+            return Err(invalid("shutdown-timeout-ms", "must be above 0"));
+        }
+        if self.idle_timeout_ms == 0 {
+            return Err(invalid("idle-timeout-ms", "must be above 0"));
+        }
+        if self.cache_ttl_secs == 0 {
+            return Err(invalid("cache-ttl-secs", "must be above 0"));
+        }
         if self.max_body_bytes == 0 {
             return Err(invalid("max-body-bytes", "must be above 0"));
         }
         reqwest::Url::parse(&self.upstream_url)
             .map_err(|e| invalid("upstream-url", format!("not a URL: {e}")))?;
+        if let Some(endpoint) = &self.otlp_endpoint {
+            reqwest::Url::parse(endpoint)
+                .map_err(|e| invalid("otlp-endpoint", format!("not a URL: {e}")))?;
+        }
         Ok(())
     }
 
@@ -290,6 +337,53 @@ mod tests {
         settings.validate().expect("defaults must validate");
         assert_eq!(settings.listen.port(), 8080);
         assert_eq!(settings.admin_listen.port(), 8081);
+    }
+
+    #[test]
+    fn the_admin_listener_is_loopback_by_default() {
+        assert!(Settings::defaults().admin_listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn zero_timeouts_and_counts_are_refused_by_flag_name() {
+        for flag in [
+            "--deadline-ms",
+            "--upstream-timeout-ms",
+            "--header-read-timeout-ms",
+            "--body-read-timeout-ms",
+            "--idle-timeout-ms",
+            "--shutdown-timeout-ms",
+            "--breaker-open-ms",
+            "--max-connections",
+            "--max-body-bytes",
+            "--bulkhead",
+            "--breaker-consecutive-failures",
+        ] {
+            let err = Cli::try_parse_from(["shout-proxy", flag, "0"])
+                .expect_err(flag)
+                .to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+        assert!(Cli::try_parse_from(["shout-proxy", "--deadline-ms", "1"]).is_ok());
+    }
+
+    #[test]
+    fn an_open_period_shorter_than_one_attempt_is_refused_by_flag_name() {
+        let mut settings = Settings::defaults();
+        settings.upstream_timeout_ms = 300;
+        settings.breaker_open_ms = 299;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("--breaker-open-ms"), "{err}");
+        settings.breaker_open_ms = 300;
+        settings.validate().expect("equal is allowed");
+    }
+
+    #[test]
+    fn a_connect_timeout_beyond_the_attempt_timeout_is_refused_by_flag_name() {
+        let mut settings = Settings::defaults();
+        settings.upstream_connect_timeout_ms = settings.upstream_timeout_ms + 1;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("--upstream-connect-timeout-ms"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The `shout-proxy` binary: parse settings, start telemetry, build, run until a stop signal.
+//!
+//! The first SIGTERM/SIGINT starts the drain; a second one, during the drain, exits at once
+//! (status 130) without waiting for in-flight requests: an operator who asks twice means it.
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 use shout_proxy::config::{Cli, Command};
 use shout_proxy::{Application, telemetry};
 
@@ -12,34 +16,77 @@ async fn main() -> anyhow::Result<()> {
     }
     let _telemetry = telemetry::init(&cli.settings)?;
     let application = Application::build(cli.settings).await?;
-    application.run_until_stopped(stop_signal()).await
+    let stop = CancellationToken::new();
+    let mut signals = StopSignals::new();
+    let signals = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            signals.next().await;
+            stop.cancel();
+            signals.next().await;
+            tracing::warn!("second stop signal: exiting without finishing in-flight requests");
+            std::process::exit(130);
+        }
+    });
+    let result = application
+        .run_until_stopped(async move { stop.cancelled().await })
+        .await;
+    signals.abort();
+    result
 }
 
-/// Resolves at the first SIGTERM or SIGINT.
-async fn stop_signal() {
-    let interrupt = async {
+/// SIGTERM and SIGINT, listened to from start to exit so that no signal falls between two
+/// waits.
+struct StopSignals {
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(signal) => Some(signal),
+                Err(e) => {
+                    tracing::error!(error = %e, signal = name, "listening for a stop signal failed");
+                    None
+                }
+            };
+            Self {
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = recv(self.terminate.as_mut()) => {}
+                () = recv(self.interrupt.as_mut()) => {}
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "listening for SIGINT failed");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "listening for SIGTERM failed");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
 }
 
