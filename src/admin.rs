@@ -1,5 +1,6 @@
 //! The operators' listener: `/livez`, `/readyz`, `/metrics`, `/status`. It is a separate port so
-//! that none of it is ever reachable from the public ingress.
+//! that none of it is ever reachable from the public ingress; it binds loopback by default and
+//! is served by the same guarded listener as the public port (`server`), with its own cap.
 //!
 //! - `/livez`: 200 while the process runs; restart it if this fails.
 //! - `/readyz`: 200 while it takes traffic, 503 from the moment a stop signal arrives. It never
@@ -72,6 +73,8 @@ async fn status(resolver: Data<&Resolver>, readiness: Data<&Readiness>) -> Respo
         "version": env!("CARGO_PKG_VERSION"),
         "pipeline": snapshot,
     }))
+    // Exactly `application/json`, like every JSON answer of the service.
+    .with_content_type("application/json")
     .into_response()
 }
 

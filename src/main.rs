@@ -4,9 +4,9 @@
 //! (status 130) without waiting for in-flight requests: an operator who asks twice means it.
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 use shout_proxy::config::{Cli, Command};
 use shout_proxy::{Application, telemetry};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

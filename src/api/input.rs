@@ -1,5 +1,18 @@
 //! Reading the string to shout from a request: JSON or form, with a precise reason on failure.
 //!
+//! Decisions on edge cases, each tested below:
+//!
+//! - A UTF-8 byte order mark at the start of a body is skipped (RFC 8259 lets a parser ignore
+//!   it; some Windows tools send one).
+//! - A `charset` parameter on the request's content type must be `utf-8` (or `us-ascii`, a
+//!   subset); any other (`latin1`, ...) is a 400 naming it, rather than a silent misreading.
+//! - Duplicate JSON keys: the last `data` wins, as in the original (Python's `json`).
+//! - Duplicate form fields: the first `data` wins, as in the original (Werkzeug's
+//!   `request.form["data"]`).
+//! - Invalid percent-encoding in a form: a `%` not followed by two hex digits stays literal
+//!   (as browsers and Werkzeug do); a value that is not UTF-8 once decoded (`%FF`) is a 400,
+//!   not a string with U+FFFD in it, so a client never gets an answer for text it did not send.
+//!
 //! `ShoutInput` is a poem-openapi extractor rather than `Json<T>`/`Form<T>` so that it can (1)
 //! document both content types with one schema, (2) name exactly what was wrong in the 400's
 //! `detail`, (3) enforce the body limit while reading, whether or not `Content-Length` is sent,
@@ -55,6 +68,18 @@ pub struct ShoutInput(pub String);
 const JSON: &str = "application/json";
 const FORM: &str = "application/x-www-form-urlencoded";
 
+/// Longest piece of a client's header quoted back in a 400's detail.
+const QUOTE_MAX: usize = 64;
+
+/// `text` cut at [`QUOTE_MAX`] characters, for quoting client input back in a detail.
+fn quote(text: &str) -> String {
+    let mut quoted: String = text.chars().take(QUOTE_MAX).collect();
+    if quoted.len() < text.len() {
+        quoted.push('…');
+    }
+    quoted
+}
+
 /// The kind of body a `Content-Type` announces.
 #[derive(Debug, PartialEq, Eq)]
 enum BodyKind {
@@ -62,25 +87,39 @@ enum BodyKind {
     Form,
     Missing,
     Other(String),
+    /// A supported type with a charset other than UTF-8.
+    Charset(String),
 }
 
 fn body_kind(content_type: Option<&str>) -> BodyKind {
     let Some(value) = content_type else {
         return BodyKind::Missing;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if essence == JSON || (essence.starts_with("application/") && essence.ends_with("+json")) {
-        BodyKind::Json
-    } else if essence == FORM {
-        BodyKind::Form
-    } else {
-        BodyKind::Other(value.to_string())
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let kind =
+        if essence == JSON || (essence.starts_with("application/") && essence.ends_with("+json")) {
+            BodyKind::Json
+        } else if essence == FORM {
+            BodyKind::Form
+        } else {
+            return BodyKind::Other(quote(value));
+        };
+    for parameter in parts {
+        let Some((name, charset)) = parameter.split_once('=') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let charset = charset.trim().trim_matches('"');
+            let utf8 = ["utf-8", "utf8", "us-ascii"]
+                .iter()
+                .any(|ok| charset.eq_ignore_ascii_case(ok));
+            if !utf8 {
+                return BodyKind::Charset(quote(charset));
+            }
+        }
     }
+    kind
 }
 
 fn unparseable(detail: impl Into<String>) -> ApiError {
@@ -128,6 +167,23 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
+/// The first `data` field of a form, decoded strictly: `None` when there is none, an error when
+/// its value is not UTF-8 once percent-decoded.
+fn form_data(text: &str) -> Option<Result<String, ApiError>> {
+    let pair = text.split('&').find(|pair| {
+        let key = pair.split('=').next().unwrap_or_default().replace('+', " ");
+        percent_encoding::percent_decode_str(&key).decode_utf8_lossy() == "data"
+    })?;
+    let value = pair.split_once('=').map_or("", |(_, value)| value);
+    let value = value.replace('+', " ");
+    Some(
+        percent_encoding::percent_decode_str(&value)
+            .decode_utf8()
+            .map(|decoded| decoded.into_owned())
+            .map_err(|_| unparseable("form field `data` is not UTF-8 once percent-decoded")),
+    )
+}
+
 /// The `data` field of a form body, or of a JSON body sent under the form content type.
 fn from_form(text: &str) -> Result<String, ApiError> {
     // The original service's README sends `{"data": ...}` with curl's default form type. A
@@ -137,9 +193,8 @@ fn from_form(text: &str) -> Result<String, ApiError> {
     if looks_like_json && let Ok(data) = from_json(text) {
         return Ok(data);
     }
-    if let Some((_, value)) = form_urlencoded::parse(text.as_bytes()).find(|(key, _)| key == "data")
-    {
-        return Ok(value.into_owned());
+    if let Some(data) = form_data(text) {
+        return data;
     }
     if looks_like_json {
         return from_json(text);
@@ -158,13 +213,18 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<String, Api
                 "content type `{other}` is not supported; send {JSON} or {FORM}"
             )));
         }
+        BodyKind::Charset(charset) => {
+            return Err(unparseable(format!(
+                "charset `{charset}` is not supported; send UTF-8"
+            )));
+        }
     };
     if body.is_empty() {
         return Err(unparseable("the request body is empty"));
     }
     let text = std::str::from_utf8(body)
         .map_err(|e| unparseable(format!("the body is not UTF-8: {e}")))?;
-    parse(text)
+    parse(text.strip_prefix('\u{feff}').unwrap_or(text))
 }
 
 /// A body without a content type is read as JSON.
@@ -299,6 +359,71 @@ mod tests {
         assert!(
             detail(parse_body(Some(FORM), b"other=1")).contains("form field `data` is missing")
         );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped() {
+        assert_eq!(
+            parse_body(Some(JSON), "\u{feff}{\"data\":\"bom\"}".as_bytes()).ok(),
+            Some("bom".into())
+        );
+        assert_eq!(
+            parse_body(Some(FORM), "\u{feff}data=bom".as_bytes()).ok(),
+            Some("bom".into())
+        );
+    }
+
+    #[test]
+    fn a_charset_other_than_utf8_is_refused_by_name() {
+        let latin1 = detail(parse_body(
+            Some("application/json; charset=latin1"),
+            br#"{"data":"x"}"#,
+        ));
+        assert!(latin1.contains("charset `latin1`"), "{latin1}");
+        for ok in [
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json; charset=us-ascii",
+        ] {
+            assert_eq!(
+                parse_body(Some(ok), br#"{"data":"x"}"#).ok(),
+                Some("x".into()),
+                "{ok}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_last_duplicate_json_key_wins_like_the_original() {
+        assert_eq!(
+            parse_body(Some(JSON), br#"{"data":"first","data":"last"}"#).ok(),
+            Some("last".into())
+        );
+    }
+
+    #[test]
+    fn the_first_duplicate_form_field_wins_like_the_original() {
+        assert_eq!(
+            parse_body(Some(FORM), b"data=first&data=last").ok(),
+            Some("first".into())
+        );
+    }
+
+    #[test]
+    fn percent_decoding_that_is_not_utf8_is_refused_and_a_lone_percent_is_literal() {
+        let invalid = detail(parse_body(Some(FORM), b"data=%FF"));
+        assert!(invalid.contains("not UTF-8"), "{invalid}");
+        assert_eq!(
+            parse_body(Some(FORM), b"data=100%25+%zz").ok(),
+            Some("100% %zz".into())
+        );
+    }
+
+    #[test]
+    fn a_long_content_type_is_quoted_back_cut() {
+        let long = format!("text/{}", "x".repeat(1000));
+        let detail = detail(parse_body(Some(&long), b"data=x"));
+        assert!(detail.len() < 300, "{}", detail.len());
     }
 
     #[test]
