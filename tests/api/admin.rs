@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{sample, spawn_app, spawn_app_with};
+use crate::helpers::{sample, shout_call, slow_shoutcloud, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn livez_and_readyz_answer_200_even_when_the_upstream_is_down() {
@@ -36,15 +36,14 @@ async fn metrics_cover_every_part_of_the_pipeline_after_mixed_traffic() {
         "shout_breaker_rejected_total",
         "shout_answers_total",
         "shout_fallbacks_total",
-        "shout_cache_hits_total",
-        "shout_cache_misses_total",
         "shout_cache_entries",
         "shout_cache_weighted_bytes",
-        "shout_bulkhead_in_flight",
-        "shout_bulkhead_capacity",
-        "shout_bulkhead_rejected_total",
         "shout_deadline_seconds",
         "shout_build_info",
+        "shout_connections_open",
+        "shout_connections_max",
+        "shout_connections_closed_total",
+        "shout_trace_spans_dropped_total",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",
@@ -116,4 +115,73 @@ async fn a_stop_signal_turns_readyz_503_at_once_and_keeps_serving_through_the_dr
         .send()
         .await;
     assert!(refused.is_err(), "the public port is closed after the stop");
+}
+
+#[tokio::test]
+async fn made_up_methods_are_counted_as_one_other_series_and_metrics_stay_small() {
+    let app = spawn_app().await;
+    let sent = 30;
+    for i in 0..sent {
+        let method = format!("MADEUP{i}{}", "X".repeat(i * 100));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method, format!("{}/", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405);
+    }
+
+    let scrape = app.metrics().await;
+
+    let other = r#"http_server_request_duration_seconds_count{http_request_method="_OTHER",http_response_status_code="405",http_route="/"}"#;
+    assert_eq!(sample(&scrape, other), f64::from(sent as u32));
+    assert!(
+        !scrape.contains("MADEUP"),
+        "a made-up method became a label"
+    );
+    assert!(
+        scrape.len() < 200_000,
+        "/metrics grew to {} bytes",
+        scrape.len()
+    );
+}
+
+#[tokio::test]
+async fn active_requests_count_a_held_request_and_return_to_zero_at_rest() {
+    let app = spawn_app().await;
+    shout_call()
+        .respond_with(slow_shoutcloud(600))
+        .mount(&app.upstream)
+        .await;
+    let active = r#"http_server_active_requests{http_request_method="POST",http_route="/"}"#;
+
+    let held = tokio::spawn({
+        let (client, address) = (app.client.clone(), app.address.clone());
+        async move {
+            client
+                .post(format!("{address}/"))
+                .header("content-type", "application/json")
+                .body(r#"{"data":"held"}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    let mut during = 0.0;
+    while std::time::Instant::now() < deadline && during < 1.0 {
+        during = sample(&app.metrics().await, active);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(held.await.unwrap(), 200);
+    for i in 0..20 {
+        app.shout(&format!("load {i}")).await;
+    }
+    let at_rest = sample(&app.metrics().await, active);
+
+    assert_eq!(during, 1.0, "one request held");
+    assert_eq!(at_rest, 0.0, "none at rest after 21 requests");
 }

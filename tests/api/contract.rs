@@ -16,13 +16,7 @@ async fn post_json_to_root_returns_the_reversed_capitalized_string_from_the_upst
     assert_eq!(answer.status, 200);
     assert_eq!(answer.data(), "TSET");
     assert_eq!(answer.source(), "upstream");
-    assert!(
-        answer
-            .content_type
-            .as_deref()
-            .unwrap()
-            .starts_with("application/json")
-    );
+    assert_eq!(answer.content_type.as_deref(), Some("application/json"));
 }
 
 #[tokio::test]
@@ -147,12 +141,9 @@ async fn a_request_without_a_string_data_gets_400_with_the_original_message_and_
             got.contains(detail),
             "{case}: detail {got:?} should mention {detail:?}"
         );
-        assert!(
-            answer
-                .content_type
-                .as_deref()
-                .unwrap()
-                .starts_with("application/json"),
+        assert_eq!(
+            answer.content_type.as_deref(),
+            Some("application/json"),
             "{case}"
         );
     }
@@ -248,4 +239,74 @@ async fn admin_endpoints_are_not_on_the_public_port() {
         let answer = app.get(&format!("{}{route}", app.address)).await;
         assert_eq!(answer.status, 404, "{route} must not be public");
     }
+}
+
+#[tokio::test]
+async fn every_json_answer_carries_exactly_application_json_whatever_its_status() {
+    let app = spawn_app_with(|s| s.max_body_bytes = 64).await;
+    app.healthy_upstream().await;
+    let url = |path: &str| format!("{}{path}", app.address);
+    let json = |body: &'static str| {
+        app.client
+            .post(url("/"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let requests = [
+        (200, json(r#"{"data":"ok"}"#)),
+        (400, json(r#"{"nodata":1}"#)),
+        (
+            413,
+            json(r#"{"data":"this body is longer than sixty-four bytes, so it is refused"}"#),
+        ),
+        (404, app.client.get(url("/nope"))),
+        (405, app.client.get(url("/v1"))),
+        (405, app.client.delete(url("/"))),
+    ];
+
+    for (expected, request) in requests {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response.headers().get("content-type").cloned();
+        let body: serde_json::Value = response.json().await.unwrap();
+
+        assert_eq!(status, expected, "{body}");
+        assert_eq!(
+            content_type.as_ref().map(|v| v.as_bytes()),
+            Some(&b"application/json"[..]),
+            "{expected}: {content_type:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_charset_other_than_utf8_and_invalid_percent_encoding_get_400s_naming_them() {
+    let app = spawn_app().await;
+    app.healthy_upstream().await;
+
+    let latin1 = app
+        .post(
+            "/",
+            Some("application/json; charset=latin1"),
+            r#"{"data":"x"}"#,
+        )
+        .await;
+    let invalid = app
+        .post("/", Some("application/x-www-form-urlencoded"), "data=%FF")
+        .await;
+    let bom = app
+        .post("/", Some("application/json"), "\u{feff}{\"data\":\"bom\"}")
+        .await;
+
+    assert_eq!(latin1.status, 400);
+    assert!(
+        latin1.body["detail"].as_str().unwrap().contains("latin1"),
+        "{latin1:?}"
+    );
+    assert_eq!(invalid.status, 400);
+    assert!(
+        invalid.body["detail"].as_str().unwrap().contains("UTF-8"),
+        "{invalid:?}"
+    );
+    assert_eq!((bom.status, bom.data()), (200, "MOB"));
 }

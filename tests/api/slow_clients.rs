@@ -1,12 +1,14 @@
-//! Slow and idle clients: stalled request heads are closed after the header timeout, they do
-//! not slow other clients down, and the connection cap holds.
+//! Slow and idle clients, from raw TCP sockets: stalled and trickled request heads are closed
+//! after the header timeout (after a leading blank line or a complete request too, and on the
+//! admin port), they do not slow other clients down, the connection cap holds without making a
+//! new client wait for idle connections, and HTTP/2 prior knowledge is refused.
 
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{sample, spawn_app, spawn_app_with};
 
 fn port(address: &str) -> u16 {
     address.rsplit(':').next().unwrap().parse().unwrap()
@@ -83,5 +85,172 @@ async fn the_connection_cap_makes_new_connections_wait_for_a_free_slot() {
         started.elapsed() >= Duration::from_millis(400),
         "served only after the stalled one was closed: {:?}",
         started.elapsed()
+    );
+}
+
+/// Sends `prefix`, then trickles a request head one byte every 100 ms; returns how long the
+/// server took to close the connection (`None`: still open after `limit`).
+async fn trickle_until_closed(port: u16, prefix: &[u8], limit: Duration) -> Option<Duration> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    writer.write_all(prefix).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for byte in b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().cycle() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buffer = [0u8; 1024];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    closed.ok().map(|()| started.elapsed())
+}
+
+/// A complete request that keeps the connection open, and its expected answer's status line.
+const COMPLETE: &[u8] =
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"data\":\"a\"}\n";
+
+#[tokio::test]
+async fn a_head_trickled_after_a_leading_blank_line_is_closed_within_the_header_timeout() {
+    let app = spawn_app_with(|s| s.header_read_timeout_ms = 500).await;
+
+    let closed =
+        trickle_until_closed(port(&app.address), b"\r\n\r\n", Duration::from_secs(5)).await;
+
+    let closed = closed.expect("the trickled connection was closed");
+    assert!(
+        closed < Duration::from_millis(1500),
+        "closed after {closed:?}"
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"shout_connections_closed_total{listener="public",reason="header_timeout"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_partial_second_request_after_a_complete_one_is_closed_within_the_header_timeout() {
+    let app = spawn_app_with(|s| s.header_read_timeout_ms = 500).await;
+    app.healthy_upstream().await;
+
+    let closed = trickle_until_closed(port(&app.address), COMPLETE, Duration::from_secs(5)).await;
+
+    let closed = closed.expect("the trickled connection was closed");
+    assert!(
+        closed < Duration::from_millis(1500),
+        "closed after {closed:?}"
+    );
+    assert_eq!(
+        app.upstream_calls().await,
+        1,
+        "the complete request was served"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_port_closes_a_trickled_head_too() {
+    let app = spawn_app_with(|s| s.header_read_timeout_ms = 500).await;
+
+    let closed = trickle_until_closed(port(&app.admin_address), b"", Duration::from_secs(5)).await;
+
+    let closed = closed.expect("the trickled admin connection was closed");
+    assert!(
+        closed < Duration::from_millis(1500),
+        "closed after {closed:?}"
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"shout_connections_closed_total{listener="admin",reason="header_timeout"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_h2c_prior_knowledge_connection_is_refused() {
+    let app = spawn_app().await;
+    let mut stream = TcpStream::connect(("127.0.0.1", port(&app.address)))
+        .await
+        .unwrap();
+
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer)).await;
+
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "closed at once: {read:?}"
+    );
+    assert!(
+        !answer.starts_with(b"\x00"),
+        "no HTTP/2 frame was sent back: {answer:?}"
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"shout_connections_closed_total{listener="public",reason="malformed"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn with_the_cap_full_of_idle_keep_alive_connections_a_new_client_is_answered_at_once() {
+    let cap = 4;
+    let app = spawn_app_with(|s| {
+        s.max_connections = cap;
+        s.idle_timeout_ms = 60_000;
+        s.header_read_timeout_ms = 30_000;
+    })
+    .await;
+    app.healthy_upstream().await;
+    let port = port(&app.address);
+    let mut idle = Vec::new();
+    for _ in 0..cap {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.write_all(COMPLETE).await.unwrap();
+        let mut buffer = [0u8; 512];
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(stream);
+    }
+
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(1), app.shout("new client")).await;
+
+    let answer = answer.expect("answered within 1 s");
+    assert_eq!((answer.status, answer.data()), (200, "TNEILC WEN"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let scrape = app.metrics().await;
+    let evicted = sample(
+        &scrape,
+        r#"shout_connections_closed_total{listener="public",reason="evicted_idle"}"#,
+    );
+    assert!(evicted >= 1.0, "an idle connection made room: {evicted}");
+    assert_eq!(
+        sample(&scrape, r#"shout_connections_max{listener="public"}"#),
+        cap as f64
     );
 }
