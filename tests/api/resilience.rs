@@ -41,7 +41,7 @@ async fn half_open_sends_exactly_one_probe_under_concurrent_load_then_closes() {
         s.breaker_consecutive_failures = 2;
         s.retry_max = 0;
         s.breaker_open_ms = 300;
-        s.upstream_timeout_ms = 1000;
+        s.upstream_timeout_ms = 300;
     })
     .await;
     shout_call()
@@ -50,7 +50,7 @@ async fn half_open_sends_exactly_one_probe_under_concurrent_load_then_closes() {
         .mount(&app.upstream)
         .await;
     shout_call()
-        .respond_with(slow_shoutcloud(300))
+        .respond_with(slow_shoutcloud(200))
         .mount(&app.upstream)
         .await;
     app.shout("a").await;

@@ -162,3 +162,65 @@ async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
     );
     eprintln!("readyz 503 after {turned:?}; {during_drain} requests succeeded during the drain");
 }
+
+#[tokio::test]
+async fn a_second_stop_signal_during_the_drain_exits_at_once() {
+    let upstream = MockServer::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shout-proxy"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--upstream-url", &format!("{}/V1/SHOUT", upstream.uri())])
+        .args(["--drain-ms", "20000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    let status = |client: reqwest::Client, url: String| async move {
+        client
+            .get(&url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok()
+    };
+    let started = Instant::now();
+    while status(client.clone(), readyz.clone()).await != Some(200) {
+        assert!(started.elapsed() < Duration::from_secs(10), "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().expect("the child runs").to_string();
+    let term = || {
+        let pid = pid.clone();
+        async move {
+            let kill = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .await
+                .unwrap();
+            assert!(kill.success());
+        }
+    };
+
+    term().await;
+    while status(client.clone(), readyz.clone()).await != Some(503) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = Instant::now();
+    term().await;
+    let exited = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+
+    let exit = exited.expect("exited within 2 s of the second signal, not after the 20 s drain");
+    assert_eq!(exit.unwrap().code(), Some(130));
+    assert!(second.elapsed() < Duration::from_secs(2));
+}

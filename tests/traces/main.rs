@@ -12,6 +12,7 @@
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod otlp;
 
 use std::sync::OnceLock;
 
