@@ -4,10 +4,10 @@
 //! Poem's own errors (unknown path, wrong method, parse failures) are converted here too, so no
 //! plain-text error ever leaves the public port. Internal causes are logged, never returned.
 
+use crate::api::payload::JsonBody as Json;
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::Object;
-use poem_openapi::payload::Json;
 
 /// The message the original service sent for every unreadable request; clients match on it.
 pub const UNPARSEABLE_MESSAGE: &str =

@@ -5,10 +5,12 @@
 //! - [`input`]: reading `data` from JSON or form bodies, with the body limit.
 //! - [`error`]: [`ApiError`], the only place that turns errors into statuses and JSON bodies.
 //! - [`observe`]: server span, HTTP metrics, and JSON for every error poem itself produces.
+//! - [`payload`]: JSON bodies sent as exactly `application/json`.
 
 pub mod error;
 pub mod input;
 pub mod observe;
+pub mod payload;
 pub mod shout;
 
 use poem::{Endpoint, EndpointExt, Route};

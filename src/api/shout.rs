@@ -3,12 +3,13 @@
 
 use poem::Request;
 use poem::web::Data;
-use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::payload::PlainText;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
 use crate::api::ApiContext;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::input::ShoutInput;
+use crate::api::payload::JsonBody as Json;
 use crate::shout::Resolver;
 use crate::telemetry::CallerContext;
 
@@ -52,7 +53,8 @@ pub enum ShoutResult {
         String,
     ),
     /// No string `data` could be read from the request: missing field, `data` not a string,
-    /// malformed JSON, a body that is not UTF-8, or a content type other than
+    /// malformed JSON, a body that is not UTF-8 (a form value that is not UTF-8 once
+    /// percent-decoded included), a `charset` other than UTF-8, or a content type other than
     /// `application/json` and `application/x-www-form-urlencoded`. `error` is always the
     /// original message; `detail` says what was wrong.
     #[oai(status = 400)]
