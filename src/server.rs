@@ -521,10 +521,16 @@ async fn idle(connection: &Connection, connections: &Connections, timeout: Durat
         let idle_for = connections
             .now_ms()
             .saturating_sub(connection.idle_since_ms.load(Ordering::Acquire));
-        if connection.in_flight.load(Ordering::Acquire) == 0 && idle_for >= timeout_ms {
+        let busy = connection.in_flight.load(Ordering::Acquire) > 0;
+        if !busy && idle_for >= timeout_ms {
             return;
         }
-        let wait = timeout_ms.saturating_sub(idle_for).max(1);
+        // Busy: look again a whole timeout later (the request's end restarts the idle clock).
+        let wait = if busy {
+            timeout_ms
+        } else {
+            timeout_ms.saturating_sub(idle_for).max(1)
+        };
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }

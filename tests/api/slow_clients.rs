@@ -55,14 +55,16 @@ async fn stalled_heads_do_not_slow_others_down_and_are_closed_after_the_header_t
     }
 }
 
+/// hyper times the wait for the next head on a kept-alive connection too, so an idle connection
+/// is closed after the header timeout; a pooling client sees the close and connects again.
 #[tokio::test]
-async fn a_kept_alive_connection_is_not_cut_by_the_header_timeout_between_requests() {
+async fn a_pooling_client_keeps_getting_answers_across_the_header_timeout_between_requests() {
     let app = spawn_app_with(|s| s.header_read_timeout_ms = 300).await;
     app.healthy_upstream().await;
 
     assert_eq!(app.shout("first").await.status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // reqwest reuses the pooled connection; the idle wait is the idle timeout's business.
+    // reqwest sees that the server closed the idle pooled connection and opens a new one.
     assert_eq!(app.shout("second").await.status, 200);
 }
 
@@ -252,5 +254,90 @@ async fn with_the_cap_full_of_idle_keep_alive_connections_a_new_client_is_answer
     assert_eq!(
         sample(&scrape, r#"shout_connections_max{listener="public"}"#),
         cap as f64
+    );
+}
+
+/// Sends `request` in `parts` on one connection and returns everything the server wrote until
+/// it closed (the requests ask for `Connection: close`).
+async fn exchange(port: u16, parts: &[&[u8]]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    for part in parts {
+        stream.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answered and closed")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_a_continue_then_the_answer() {
+    let app = spawn_app().await;
+    app.healthy_upstream().await;
+
+    let answer = exchange(
+        port(&app.address),
+        &[
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            b"{\"data\":\"e\"}",
+        ],
+    )
+    .await;
+
+    assert!(answer.starts_with("HTTP/1.1 100 Continue\r\n"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with(r#"{"data":"E"}"#), "{answer}");
+}
+
+#[tokio::test]
+async fn a_head_with_bare_line_feeds_is_served() {
+    let app = spawn_app().await;
+    app.healthy_upstream().await;
+
+    let answer = exchange(
+        port(&app.address),
+        &[b"POST / HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: 12\nConnection: close\n\n{\"data\":\"l\"}"],
+    )
+    .await;
+
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with(r#"{"data":"L"}"#), "{answer}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_and_counted() {
+    let app = spawn_app_with(|s| {
+        s.idle_timeout_ms = 300;
+        s.header_read_timeout_ms = 30_000;
+    })
+    .await;
+    app.healthy_upstream().await;
+    let mut stream = TcpStream::connect(("127.0.0.1", port(&app.address)))
+        .await
+        .unwrap();
+    stream.write_all(COMPLETE).await.unwrap();
+    let mut buffer = [0u8; 512];
+    let n = stream.read(&mut buffer).await.unwrap();
+    assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+    let answered = Instant::now();
+
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer)).await;
+
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_millis(1300),
+        "closed {after:?} after the answer"
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"shout_connections_closed_total{listener="public",reason="idle"}"#
+        ),
+        1.0
     );
 }
