@@ -15,7 +15,8 @@
 //!
 //! # How a request flows
 //!
-//! `api::observe` (server span, metrics) -> `api::input` (read `data`, or 400/413) ->
+//! `server` (hyper HTTP/1: header read timeout, connection cap) -> `api::observe` (server span,
+//! metrics, exact `application/json`) -> `api::input` (read `data`, or 400/408/413) ->
 //! `shout::resolve`: cache -> single flight -> deadline -> bulkhead ->
 //! `upstream::client` (retry with budget -> breaker -> timed attempt -> validation) ->
 //! fallback (the local transform) when anything below the cache gave no confirmed answer.

@@ -341,3 +341,33 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_and_coun
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_head_over_hypers_size_limit_is_refused_and_counted() {
+    let app = spawn_app().await;
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1024 * 1024)
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", port(&app.address)))
+        .await
+        .unwrap();
+
+    // The server answers 431 and closes while the head is still arriving, so the write may
+    // fail and the answer may be lost to a reset: the counter is what must be right.
+    let _ = stream.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let series = r#"shout_connections_closed_total{listener="public",reason="too_large"}"#;
+    let started = Instant::now();
+    while sample(&app.metrics().await, series) < 1.0 && started.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sample(&app.metrics().await, series), 1.0);
+}
