@@ -159,11 +159,14 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_SHUTDOWN_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// Close keep-alive connections idle this long.
+    /// Close connections with no request in flight this long. hyper also times the wait for
+    /// the next request head with --header-read-timeout-ms, so an idle keep-alive connection
+    /// lives at most the shorter of the two.
     #[arg(long, env = "SHOUT_IDLE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
-    /// Time allowed for a complete request head; slower connections are closed.
+    /// Time allowed for a complete request head (enforced by hyper, including the wait for the
+    /// next request on a kept-alive connection); slower connections are closed.
     #[arg(long, env = "SHOUT_HEADER_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 5000)]
     pub header_read_timeout_ms: u64,
 
@@ -171,7 +174,8 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_BODY_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10_000)]
     pub body_read_timeout_ms: u64,
 
-    /// Most open connections on the public port; beyond it new ones wait in the backlog.
+    /// Most open connections on the public port. At the cap, idle keep-alive connections are
+    /// closed first; when every connection is busy, new ones wait in the backlog.
     #[arg(long, env = "SHOUT_MAX_CONNECTIONS", value_parser = positive_usize(), default_value_t = 4096)]
     pub max_connections: usize,
 
