@@ -68,8 +68,13 @@ bench: ## Run the load benchmark
 pin-image: ## Pin OVERLAY's image to IMAGE=<registry>/<name>@sha256:<digest> (then commit it)
 	@[[ "$(IMAGE)" =~ ^[a-z0-9.:/_-]+@sha256:[0-9a-f]{64}$$ ]] \
 	  || { echo "IMAGE must be <registry>/<name>@sha256:<64 hex>, got '$(IMAGE)'" >&2; exit 2; }
-	cd k8s/overlays/$(OVERLAY) && kustomize edit set image ghcr.io/shout-proxy/shout-proxy=$(IMAGE)
-	@grep -A3 '^images:' k8s/overlays/$(OVERLAY)/kustomization.yaml
+	@# The `images:` block is the last of the overlay's kustomization.yaml: rewrite it
+	@# from there to the end, then check that the rendered Deployment runs that image.
+	sed -i '/^images:$$/,$$d' k8s/overlays/$(OVERLAY)/kustomization.yaml
+	printf 'images:\n  - name: ghcr.io/shout-proxy/shout-proxy\n    newName: %s\n    digest: %s\n' \
+	  "$(firstword $(subst @, ,$(IMAGE)))" "$(lastword $(subst @, ,$(IMAGE)))" \
+	  >>k8s/overlays/$(OVERLAY)/kustomization.yaml
+	kubectl kustomize k8s/overlays/$(OVERLAY) | grep -Fx "        image: $(IMAGE)"
 
 deploy: ## Apply k8s/overlays/$(OVERLAY) as committed and wait (OVERLAY=dev; current kube context)
 	@# Only a digest pinned in git may be applied: anything else would run an image
