@@ -265,9 +265,10 @@ for d in deps:
     c = pod["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     need(ports == {"http": 8080, "admin": 8081}, f"container ports must be http 8080 and admin 8081, got {ports}")
-    for probe, path in (("startupProbe", "/livez"), ("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+    # Not `path`: that names the rendered file, which the checks below read.
+    for probe, probe_path in (("startupProbe", "/livez"), ("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
         g = c.get(probe, {}).get("httpGet", {})
-        need(g.get("path") == path and g.get("port") in ("admin", 8081), f"{probe} must GET {path} on the admin port")
+        need(g.get("path") == probe_path and g.get("port") in ("admin", 8081), f"{probe} must GET {probe_path} on the admin port")
     if "overlays" in path:
         # Pinned by digest (make pin-image), or the placeholder before the first release.
         need(re.search(r"@sha256:[0-9a-f]{64}$", c["image"]) or c["image"].endswith(":unreleased"),
