@@ -27,14 +27,19 @@ FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin shout-proxy
 COPY . .
-RUN cargo build --release --locked --bin shout-proxy \
+# The commit the image is built from. build.rs bakes it into the binary, which
+# exports it as shout_build_info{revision}: the dashboard marks a deploy where it
+# changes. Declared after the dependency layer so that a new commit does not
+# invalidate it. (.git is not in the build context, hence an argument.)
+ARG SHOUT_GIT_REVISION=unknown
+RUN SHOUT_GIT_REVISION="${SHOUT_GIT_REVISION}" cargo build --release --locked --bin shout-proxy \
     && install -D -m 0755 target/release/shout-proxy /out/shout-proxy
 
 # Debian 12 on both sides: the binary links against the builder's glibc 2.36.
 FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f AS runtime
 
 ARG VERSION=0.1.0
-ARG REVISION=unknown
+ARG SHOUT_GIT_REVISION=unknown
 ARG CREATED=unknown
 LABEL org.opencontainers.image.title="shout-proxy" \
       org.opencontainers.image.description="Resilient proxy that reverses strings and has shoutcloud capitalize them, with a local fallback" \
@@ -44,7 +49,7 @@ LABEL org.opencontainers.image.title="shout-proxy" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.vendor="shout-proxy" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.revision="${SHOUT_GIT_REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
 

@@ -13,7 +13,7 @@ NAMESPACE_dev := shout-proxy-dev
 FAKE_UPSTREAM_LISTEN ?= 127.0.0.1:9000
 
 .PHONY: help debug run test lint fmt fake-upstream openapi build-docker debug-docker \
-        validate prometheus-check bench deploy clean
+        validate prometheus-check bench pin-image deploy clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,7 +43,7 @@ openapi: ## Regenerate the committed OpenAPI document
 build-docker: ## Build the container image shout-proxy:dev (IMAGE=...)
 	docker build \
 	  --build-arg VERSION="$$(git describe --tags --always --dirty 2>/dev/null || echo dev)" \
-	  --build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+	  --build-arg SHOUT_GIT_REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
 	  --build-arg CREATED="$$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
 	  -t $(IMAGE) .
 
@@ -65,7 +65,22 @@ prometheus-check: ## Check the Prometheus rules, alerts and their tests
 bench: ## Run the load benchmark
 	bash .ci/bench.sh
 
-deploy: ## kubectl apply -k k8s/overlays/prod and wait (OVERLAY=dev; current kube context)
+pin-image: ## Pin OVERLAY's image to IMAGE=<registry>/<name>@sha256:<digest> (then commit it)
+	@[[ "$(IMAGE)" =~ ^[a-z0-9.:/_-]+@sha256:[0-9a-f]{64}$$ ]] \
+	  || { echo "IMAGE must be <registry>/<name>@sha256:<64 hex>, got '$(IMAGE)'" >&2; exit 2; }
+	@# The `images:` block is the last of the overlay's kustomization.yaml: rewrite it
+	@# from there to the end, then check that the rendered Deployment runs that image.
+	sed -i '/^images:$$/,$$d' k8s/overlays/$(OVERLAY)/kustomization.yaml
+	printf 'images:\n  - name: ghcr.io/shout-proxy/shout-proxy\n    newName: %s\n    digest: %s\n' \
+	  "$(firstword $(subst @, ,$(IMAGE)))" "$(lastword $(subst @, ,$(IMAGE)))" \
+	  >>k8s/overlays/$(OVERLAY)/kustomization.yaml
+	kubectl kustomize k8s/overlays/$(OVERLAY) | grep -Fx "        image: $(IMAGE)"
+
+deploy: ## Apply k8s/overlays/$(OVERLAY) as committed and wait (OVERLAY=dev; current kube context)
+	@# Only a digest pinned in git may be applied: anything else would run an image
+	@# that git does not name, or one never pushed (`unreleased`).
+	@grep -Eq '^[[:space:]]+digest: sha256:[0-9a-f]{64}$$' k8s/overlays/$(OVERLAY)/kustomization.yaml \
+	  || { echo "k8s/overlays/$(OVERLAY) has no image digest: run make pin-image (the deploy workflow does)" >&2; exit 2; }
 	kubectl apply -k k8s/overlays/$(OVERLAY)
 	kubectl rollout status deployment/shout-proxy -n $(NAMESPACE_$(OVERLAY)) --timeout=5m
 

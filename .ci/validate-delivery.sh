@@ -245,7 +245,7 @@ policy_checks() {
   for f in "$WORK"/rendered/*.yaml; do
     [ -e "$f" ] || return 0
     if python3 - "$f" <<'PY'; then
-import sys, yaml
+import re, sys, yaml
 path = sys.argv[1]
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
 by_kind = {}
@@ -265,9 +265,14 @@ for d in deps:
     c = pod["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     need(ports == {"http": 8080, "admin": 8081}, f"container ports must be http 8080 and admin 8081, got {ports}")
-    for probe, path in (("startupProbe", "/livez"), ("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+    # Not `path`: that names the rendered file, which the checks below read.
+    for probe, probe_path in (("startupProbe", "/livez"), ("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
         g = c.get(probe, {}).get("httpGet", {})
-        need(g.get("path") == path and g.get("port") in ("admin", 8081), f"{probe} must GET {path} on the admin port")
+        need(g.get("path") == probe_path and g.get("port") in ("admin", 8081), f"{probe} must GET {probe_path} on the admin port")
+    if "overlays" in path:
+        # Pinned by digest (make pin-image), or the placeholder before the first release.
+        need(re.search(r"@sha256:[0-9a-f]{64}$", c["image"]) or c["image"].endswith(":unreleased"),
+             f"an overlay's image must be pinned by digest (make pin-image): {c['image']}")
     need("@sha256:" in c["image"] or ":" in c["image"].rsplit("/", 1)[-1], f"image must be pinned by tag or digest: {c['image']}")
     need(not c["image"].endswith(":latest"), "image must not use :latest")
     sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds")
@@ -281,10 +286,18 @@ for d in deps:
     drain_s = int(env.get("SHOUT_DRAIN_MS", "5000")) / 1000
     shutdown_s = int(env.get("SHOUT_SHUTDOWN_TIMEOUT_MS", "10000")) / 1000
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    need(grace >= 30 and grace > (sleep or 0) + drain_s + shutdown_s,
-         f"terminationGracePeriodSeconds {grace} must exceed preStop {sleep}s + drain {drain_s}s + shutdown timeout {shutdown_s}s")
-    need(env.get("SHOUT_LISTEN", "0.0.0.0:8080").endswith(":8080") and env.get("SHOUT_ADMIN_LISTEN", "0.0.0.0:8081").endswith(":8081"),
-         "SHOUT_LISTEN / SHOUT_ADMIN_LISTEN must match the container ports")
+    # Worst case: the public listener, then the admin one, each get the full shutdown timeout.
+    worst = (sleep or 0) + drain_s + 2 * shutdown_s
+    need(grace >= worst + 10,
+         f"terminationGracePeriodSeconds {grace} must be >= preStop {sleep}s + drain {drain_s}s + 2 x shutdown timeout {shutdown_s}s + 10s margin = {worst + 10}s")
+    need(env.get("SHOUT_LISTEN", "0.0.0.0:8080").endswith(":8080"), "SHOUT_LISTEN must match the container port")
+    # The service's default admin address is loopback, unreachable for probes and Prometheus.
+    need(env.get("SHOUT_ADMIN_LISTEN") == "0.0.0.0:8081", "SHOUT_ADMIN_LISTEN must be set to 0.0.0.0:8081")
+    redis_deps = [x for x in by_kind.get("Deployment", []) if x["metadata"]["name"] == "shout-redis"]
+    if redis_deps:
+        need(env.get("SHOUT_REDIS_URL") == "redis://shout-redis:6379", "with the redis component, SHOUT_REDIS_URL names its Service")
+    if "overlays_prod" in path:
+        need(bool(redis_deps) or "SHOUT_REDIS_URL" in env, "prod uses a shared cache (the redis component or SHOUT_REDIS_URL)")
     if "prod" in path:
         need(env.get("SHOUT_LOG_FORMAT") == "json", "prod logs must be JSON")
     sc, psc = c["securityContext"], pod["securityContext"]
@@ -294,6 +307,8 @@ for d in deps:
     need(pod.get("automountServiceAccountToken") is False, "automountServiceAccountToken false")
     keys = {t["topologyKey"] for t in pod.get("topologySpreadConstraints", [])}
     need({"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= keys, "topology spread across nodes and zones")
+    need(all(t.get("nodeTaintsPolicy") == "Honor" for t in pod.get("topologySpreadConstraints", [])),
+         "topology spread honours taints (nodeTaintsPolicy: Honor), or pods stay Pending next to tainted nodes")
 
 for h in by_kind.get("HorizontalPodAutoscaler", []):
     s = h["spec"]
@@ -322,9 +337,46 @@ nps = by_kind.get("NetworkPolicy", [])
 need(len(nps) >= 1, "a NetworkPolicy")
 for n in nps:
     need(set(n["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}, "NetworkPolicy restricts ingress and egress")
-    eg_ports = sorted({(p["protocol"], p["port"]) for r in n["spec"].get("egress", []) for p in r.get("ports", [])})
-    need(eg_ports == [("TCP", 53), ("TCP", 80), ("TCP", 443), ("UDP", 53)], f"egress only DNS and 80/443, got {eg_ports}")
     need(all(r.get("ports") for r in n["spec"].get("ingress", [])), "every ingress rule names its port")
+    egress = n["spec"].get("egress", [])
+    if n["metadata"]["name"] == "shout-proxy":
+        to_redis = [r for r in egress if any(t.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "shout-redis"} for t in r.get("to", []))]
+        eg_ports = sorted({(p["protocol"], p["port"]) for r in egress if r not in to_redis for p in r.get("ports", [])})
+        need(eg_ports == [("TCP", 53), ("TCP", 80), ("TCP", 443), ("UDP", 53)], f"egress only DNS and 80/443, got {eg_ports}")
+        need(all(r["ports"] == [{"protocol": "TCP", "port": 6379}] and len(r["to"]) == 1 for r in to_redis),
+             "egress to the shared cache is TCP 6379 to its pods only")
+        need(bool(to_redis) == any(x["metadata"]["name"] == "shout-redis" for x in by_kind.get("Deployment", [])),
+             "egress to shout-redis exactly when the redis component is included")
+    elif n["metadata"]["name"] == "shout-redis":
+        need(egress == [], "the shared cache sends nothing anywhere")
+        need(n["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "shout-proxy"}}}],
+                                       "ports": [{"protocol": "TCP", "port": "redis"}]}],
+             "the shared cache admits the app's pods on its port, nothing else")
+
+for d in [x for x in by_kind.get("Deployment", []) if x["metadata"]["name"] == "shout-redis"]:
+    pod = d["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    args = c.get("args", [])
+    opt = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--") and args[i] != "--rename-command"}
+    need(opt.get("--maxmemory-policy") == "allkeys-lru" and opt.get("--maxmemory", "0") not in ("0", ""), "valkey: maxmemory with allkeys-lru")
+    need(opt.get("--save") == "" and opt.get("--appendonly") == "no", "valkey: no persistence")
+    need(re.search(r"@sha256:[0-9a-f]{64}$", c["image"]) is not None, "valkey image pinned by digest")
+    sc, psc = c["securityContext"], pod["securityContext"]
+    need(psc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+         and sc.get("capabilities", {}).get("drop") == ["ALL"], "valkey: non-root, read-only root filesystem, no privileges")
+    need(all(k in c.get("resources", {}).get(w, {}) for w in ("requests", "limits") for k in ("cpu", "memory")), "valkey: requests and limits")
+    need("readinessProbe" in c and "livenessProbe" in c, "valkey: probes")
+    need(pod.get("automountServiceAccountToken") is False, "valkey: no service account token")
+
+crs = [x for k in ("ServiceMonitor", "PrometheusRule") for x in by_kind.get(k, [])]
+for x in crs:
+    need(x["metadata"].get("labels", {}).get("release"), f"{x['kind']} carries the release label kube-prometheus-stack selects")
+if crs:
+    roles = [r for r in by_kind.get("Role", []) if r["metadata"]["name"] == "shout-proxy-prometheus"]
+    need(len(roles) == 1 and all(set(r["verbs"]) == {"get", "list", "watch"} for r in roles[0]["rules"])
+         and {res for r in roles[0]["rules"] for res in r["resources"]} >= {"endpoints", "services", "pods"},
+         "a read-only Role lets Prometheus list endpoints, services and pods")
+    need(any(b["roleRef"]["name"] == "shout-proxy-prometheus" for b in by_kind.get("RoleBinding", [])), "a RoleBinding grants it to Prometheus")
 
 for e in errors:
     print(f"  {e}", file=sys.stderr)
