@@ -27,6 +27,7 @@ pub mod cache;
 pub mod config;
 pub mod connections;
 pub mod metrics;
+pub mod shared_cache;
 pub mod shout;
 pub mod startup;
 pub mod telemetry;
