@@ -455,11 +455,17 @@ impl Metrics {
 /// Counts of one operation, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OpCounts {
+    /// GET: values returned. SET: values written.
     pub hit: u64,
+    /// GET: keys with no value.
     pub miss: u64,
+    /// Errors from Redis or the connection.
     pub error: u64,
+    /// Calls that got no answer within their timeout.
     pub timeout: u64,
+    /// Calls not sent (breaker, pending write bound, value size).
     pub skipped: u64,
+    /// GET: values refused (the caller's check, the marker, UTF-8 or the size bound).
     pub rejected: u64,
 }
 

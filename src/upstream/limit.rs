@@ -7,12 +7,17 @@
 //!   every `min_rtt_interval` (jittered, so a fleet does not measure in step), the limit drops to
 //!   the floor until `min_rtt_samples` calls that started during the measurement have finished;
 //!   their median is the new minRTT and the previous limit comes back.
-//! - Between measurements, every `sample_interval` the median latency of the calls that finished
-//!   in it (sampleRTT) moves the limit: `gradient = clamp((minRTT + buffer) / sampleRTT, 0.5, 2)`,
+//! - Between measurements, every `sample_interval` (and at least once a round trip) the median
+//!   latency of the calls admitted since the last change of the limit (sampleRTT) moves it: `gradient = clamp((minRTT + buffer) / sampleRTT, 0.5, 2)`,
 //!   `limit = limit * gradient + sqrt(limit * gradient)`. Latency near minRTT grows the limit,
 //!   queueing at shoutcloud shrinks it; the square root is the headroom that keeps probing.
 //! - **Back off on failures**: a window in which a call was `dropped` (timed out, overloaded)
 //!   multiplies the limit by `backoff` instead, as TCP does on loss.
+//! - A window judges only calls admitted under the limit it changes: counting calls admitted
+//!   under an older, lower limit makes the limit double window after window while their
+//!   answers are still on the way, then collapse (with a 100 ms shoutcloud and 100 ms windows
+//!   it swung between 2 and 33). So a window closes only after one such call finished, which
+//!   also stretches windows to a round trip when shoutcloud is slower than `sample_interval`.
 //! - The limit grows only while this pod uses at least half of it, so an idle pod does not
 //!   drift up to the ceiling and then burst.
 //!
@@ -22,7 +27,7 @@
 //! keeps at least `floor` calls in flight. Pods x floor beyond shoutcloud's knee therefore
 //! raises every pod's reference and the fleet settles higher: in the simulation below, three
 //! pods with a floor of 4 measured 45 ms instead of 20 ms and held 17.9 calls in flight at a
-//! knee of 8; with a floor of 2 they held 11.6. Hence a proposed default floor of 2.
+//! knee of 8; with a floor of 2 they held 11.7. Hence a proposed default floor of 2.
 //!
 //! # Why this one
 //!
@@ -217,8 +222,9 @@ struct Shared {
     limit: AtomicUsize,
     /// The highest `in_flight` since the window opened: the limit grows only when it is used.
     window_peak: AtomicUsize,
-    /// Bumped when a minRTT measurement starts; a permit carries the epoch it was admitted in,
-    /// so a measurement only counts calls that ran at the floor.
+    /// Bumped when a minRTT measurement starts and when the limit is recomputed; a permit
+    /// carries the epoch it was admitted in, so a measurement only counts calls that ran at the
+    /// floor and a window only calls admitted under the limit it judges.
     epoch: AtomicU64,
     controller: Mutex<Controller>,
     metrics: LimitMetrics,
@@ -358,7 +364,7 @@ enum Outcome {
 #[derive(Debug)]
 pub struct Permit {
     shared: Arc<Shared>,
-    /// The minRTT epoch the permit was admitted in.
+    /// The epoch the permit was admitted in.
     epoch: u64,
 }
 
@@ -475,16 +481,6 @@ impl Shared {
                 dropped,
                 next_measurement,
             } => {
-                match outcome {
-                    Outcome::Success(latency) if samples.len() < MAX_WINDOW_SAMPLES => {
-                        samples.push(latency);
-                    }
-                    Outcome::Success(_) | Outcome::Ignore => {}
-                    Outcome::Dropped => *dropped = true,
-                }
-                if now < *window_end {
-                    return;
-                }
                 if now >= *next_measurement {
                     // Measure minRTT again, at the floor.
                     self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -494,6 +490,20 @@ impl Shared {
                         restore: controller.limit,
                     };
                     self.publish(config.floor);
+                    return;
+                }
+                if epoch != self.epoch.load(Ordering::Acquire) {
+                    // Admitted under an older limit: its latency is that limit's, not this one's.
+                    return;
+                }
+                match outcome {
+                    Outcome::Success(latency) if samples.len() < MAX_WINDOW_SAMPLES => {
+                        samples.push(latency);
+                    }
+                    Outcome::Success(_) | Outcome::Ignore => {}
+                    Outcome::Dropped => *dropped = true,
+                }
+                if now < *window_end || (samples.is_empty() && !*dropped) {
                     return;
                 }
                 let old = controller.limit;
@@ -520,6 +530,7 @@ impl Shared {
                     old
                 };
                 controller.limit = self.clamp(new);
+                self.epoch.fetch_add(1, Ordering::AcqRel);
                 *window_end = now + config.sample_interval;
                 samples.clear();
                 *dropped = false;
@@ -655,6 +666,8 @@ mod tests {
     #[derive(Debug)]
     struct Upstream {
         knee: AtomicUsize,
+        /// Latency without queueing, in milliseconds.
+        base_ms: AtomicU64,
         state: Mutex<Gauge>,
     }
 
@@ -673,6 +686,7 @@ mod tests {
             let now = Instant::now();
             Arc::new(Self {
                 knee: AtomicUsize::new(knee),
+                base_ms: AtomicU64::new(20),
                 state: Mutex::new(Gauge {
                     in_flight: 0,
                     since: now,
@@ -698,11 +712,12 @@ mod tests {
         async fn call(&self) -> Duration {
             let n = self.step(1);
             let knee = self.knee.load(Ordering::Relaxed);
+            let base = Duration::from_millis(self.base_ms.load(Ordering::Relaxed));
             let latency = if n <= knee {
-                Duration::from_millis(20)
+                base
             } else {
                 let over = n as f64 / knee as f64;
-                Duration::from_millis(20).mul_f64(over * over)
+                base.mul_f64(over * over)
             };
             tokio::time::sleep(latency).await;
             self.step(-1);
@@ -836,5 +851,36 @@ mod tests {
         for answers in &served {
             assert!(*answers * 6 >= total, "per pod {served:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rise_in_base_latency_is_learnt_at_the_next_min_rtt_measurement() {
+        let upstream = Upstream::new(8);
+        let mut config = LimitConfig::new(2, 128).unwrap();
+        config.min_rtt_interval = Duration::from_secs(10);
+        let limit = AdaptiveLimit::new(config, &Registry::new()).unwrap();
+        let stop = Instant::now() + Duration::from_secs(50);
+        let tasks = clients(&limit, &upstream, 48, stop);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+
+        // shoutcloud moves to a slower region: 100 ms without queueing, same knee. Against a
+        // stale 20 ms reference the gradient would pin the limit at the floor.
+        upstream.base_ms.store(100, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        upstream.reset();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let (mean, calls) = upstream.reset();
+        let snapshot = limit.snapshot();
+        for task in tasks {
+            task.await.unwrap();
+        }
+
+        println!("base 100 ms: mean in flight {mean:.2}, {calls} calls in 15 s, {snapshot:?}");
+        let min_rtt = snapshot.min_rtt_ms.unwrap();
+        assert!((100.0..130.0).contains(&min_rtt), "minRTT {min_rtt} ms");
+        assert!((6.0..=16.0).contains(&mean), "mean in flight {mean}");
+        // Steady, not swinging: at least half the knee's throughput (8 calls per 100 ms is
+        // 1,200 calls in 15 s). A limit swinging between the floor and 30 made 370.
+        assert!(calls >= 600, "{calls} calls");
     }
 }
