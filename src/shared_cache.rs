@@ -67,6 +67,9 @@ pub enum SharedCacheError {
     /// A metric of the same name is already registered.
     #[error("registering the shared cache metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// Built outside a tokio runtime (redis-rs spawns its connection tasks on it).
+    #[error("the shared cache must be built inside the tokio runtime")]
+    NoRuntime,
     /// The connection manager could not be built.
     #[error("building the Redis connection manager: {0}")]
     Manager(#[source] redis::RedisError),
@@ -546,6 +549,9 @@ impl SharedCache {
     /// tokio runtime (redis-rs spawns its connection tasks on it).
     pub fn new(config: SharedCacheConfig, registry: &Registry) -> Result<Self, SharedCacheError> {
         config.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SharedCacheError::NoRuntime);
+        }
         let client = redis::Client::open(config.url.as_str()).map_err(SharedCacheError::Url)?;
         let manager = manager(&client, &config)?;
         let metrics = Metrics::register(registry)?;

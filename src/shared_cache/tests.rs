@@ -160,6 +160,15 @@ async fn settle(cache: &SharedCache) {
 }
 
 #[test]
+fn building_outside_the_runtime_is_an_error_not_a_panic() {
+    let built = SharedCache::new(config("redis://127.0.0.1/".into()), &Registry::new());
+    assert!(
+        matches!(built, Err(SharedCacheError::NoRuntime)),
+        "{built:?}"
+    );
+}
+
+#[test]
 fn keys_are_bounded_distinct_and_stable() {
     let long = "x".repeat(1 << 20);
     assert_eq!(key(&long).len(), KEY_PREFIX.len() + 32);
@@ -283,6 +292,7 @@ async fn a_paused_redis_costs_at_most_the_timeout_and_sharing_resumes_after_it()
         slowest = slowest.max(started.elapsed());
     }
     let paused = cache.snapshot();
+    println!("Redis paused: slowest of 20 GETs {slowest:?}, {paused:?}");
     // 20 ms timeout plus a margin for a loaded machine.
     assert!(
         slowest < Duration::from_millis(60),
