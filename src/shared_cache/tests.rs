@@ -495,3 +495,43 @@ async fn a_black_holed_connection_is_replaced_once_the_breaker_opens() {
         cache.snapshot()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_on_a_paused_redis_each_cost_at_most_the_timeout() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let cache = SharedCache::new(config(redis.url()), &Registry::new()).unwrap();
+    assert!(shares_within(&cache, "test", "TSET", Duration::from_secs(2)).await);
+    settle(&cache).await;
+
+    redis.signal("-STOP");
+    let mut gets = tokio::task::JoinSet::new();
+    for client in 0..48 {
+        let cache = cache.clone();
+        gets.spawn(async move {
+            let started = Instant::now();
+            let input = format!("input {client}");
+            let answer = cache.get(&input, |_| true).await;
+            (answer, started.elapsed())
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(result) = gets.join_next().await {
+        let (answer, elapsed) = result.unwrap();
+        assert_eq!(answer, None);
+        slowest = slowest.max(elapsed);
+    }
+    let paused = cache.snapshot();
+    println!("Redis paused, 48 concurrent GETs: slowest {slowest:?}, {paused:?}");
+    assert!(
+        slowest < Duration::from_millis(60),
+        "slowest GET {slowest:?}"
+    );
+    assert_eq!(paused.get.timeout, 48, "{paused:?}");
+    assert_eq!(paused.breaker, BreakerState::Open);
+
+    redis.signal("-CONT");
+    assert!(shares_within(&cache, "test", "TSET", Duration::from_secs(5)).await);
+}
