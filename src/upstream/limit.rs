@@ -26,8 +26,9 @@
 //! Every pod measures minRTT while the other pods keep their load on shoutcloud, and every pod
 //! keeps at least `floor` calls in flight. Pods x floor beyond shoutcloud's knee therefore
 //! raises every pod's reference and the fleet settles higher: in the simulation below, three
-//! pods with a floor of 4 measured 45 ms instead of 20 ms and held 16.5 calls in flight at a
-//! knee of 8; with a floor of 2 they held 11.7. Hence a proposed default floor of 2.
+//! pods with a floor of 4 measure minRTT at 12 calls in flight (45 ms on the fake's curve, not
+//! 20 ms) and held 16.5 calls in flight at a knee of 8; with a floor of 2 they held 11.7. Hence
+//! a proposed default floor of 2.
 //!
 //! # Why this one
 //!
