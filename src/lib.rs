@@ -29,6 +29,7 @@ pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod server;
+pub mod shared_cache;
 pub mod shout;
 pub mod startup;
 pub mod telemetry;

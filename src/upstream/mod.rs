@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod budget;
 pub mod client;
 pub mod error;
+pub mod limit;
 
 pub use client::{CallReport, ClientConfig, UpstreamClient};
 pub use error::UpstreamError;
