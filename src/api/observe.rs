@@ -112,8 +112,7 @@ impl<E: Endpoint> Endpoint for Observe<E> {
             http.response.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        let caller = crate::telemetry::adopt_trace_context(&span, request.headers());
-        request.extensions_mut().insert(caller);
+        crate::telemetry::adopt_trace_context(&span, request.headers());
         let active = self.metrics.http_active(method.as_str(), route_slot);
         let _active = Active(active);
         let started = Instant::now();

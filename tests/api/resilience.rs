@@ -1,6 +1,7 @@
 //! The pipeline's promises, proven with upstream call counts: the breaker stops calls, the
 //! half-open state sends one probe, retries stop at the budget, misses coalesce, the cache keeps
-//! only confirmed answers within its bound, and a full bulkhead answers at once.
+//! only confirmed answers within its bound, a full concurrency limit answers at once,
+//! and no client can trip the breaker while an upstream that is sick for everyone still does.
 
 use std::time::Duration;
 
@@ -177,7 +178,7 @@ async fn the_cache_respects_its_byte_bound() {
 }
 
 #[tokio::test]
-async fn a_full_bulkhead_answers_from_the_fallback_at_once() {
+async fn a_full_concurrency_limit_answers_from_the_fallback_at_once() {
     let app = spawn_app_with(|s| {
         s.bulkhead = 1;
         s.deadline_ms = 2000;
@@ -208,7 +209,18 @@ async fn a_full_bulkhead_answers_from_the_fallback_at_once() {
     );
     let scrape = app.metrics().await;
     assert_eq!(
-        crate::helpers::sample(&scrape, "shout_bulkhead_rejected_total"),
+        crate::helpers::sample(&scrape, "shout_upstream_limit_rejected_total"),
+        1.0
+    );
+    assert_eq!(
+        crate::helpers::sample(
+            &scrape,
+            r#"shout_fallbacks_total{reason="concurrency_limit"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        crate::helpers::sample(&scrape, "shout_upstream_concurrency_limit"),
         1.0
     );
 }
