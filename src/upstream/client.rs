@@ -428,12 +428,13 @@ impl UpstreamClient {
 
 /// Whether a disagreeing `output` has our letters in another case mapping (`ɤ` left as is, a
 /// Kelvin sign for `K`, `ẞ` for `SS`): that depends on the input's characters, not on the
-/// upstream's health. Echoing the input back unchanged is not a case mapping.
+/// upstream's health. An ASCII lower-case letter is never another mapping: every Unicode
+/// version upper-cases ASCII, so an answer with one did not capitalize at all.
 fn same_letters(reversed: &str, output: &str) -> bool {
     // Lower, upper, lower: folds every case mapping we know of to one form (`ẞ` and `ß` to
     // `ss`, the Kelvin sign and `k` to `k`, `I` and `ı` to `i`).
     let fold = |s: &str| s.to_lowercase().to_uppercase().to_lowercase();
-    output != reversed && fold(output) == fold(reversed)
+    !output.bytes().any(|b| b.is_ascii_lowercase()) && fold(output) == fold(reversed)
 }
 
 /// Sends the request and reads the whole answer, bounded by [`MAX_ANSWER_BYTES`].
@@ -603,7 +604,12 @@ mod tests {
         assert_eq!(
             c(ok, r#"{"OUTPUT":"tset"}"#, "tset", "TSET"),
             (Disagreement, true),
-            "an echo is not a case mapping"
+            "ASCII left lower case is no case mapping"
+        );
+        assert_eq!(
+            c(ok, "{\"OUTPUT\":\"1 \u{264}\"}", "1 \u{264}", "1 \u{A7CB}"),
+            (Disagreement, false),
+            "an echo of what old tables cannot map is one"
         );
         assert_eq!(
             c(StatusCode::BAD_REQUEST, "echo of the input", "x", "X"),

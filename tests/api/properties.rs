@@ -388,7 +388,12 @@ fn upstream_cache_and_fallback_answers_are_byte_identical_for_every_input() {
         let again = answers(&healthy, &input);
         let fallback = answers(&down, &input);
 
-        prop_assert_eq!(first.source(), "upstream", "{:?}", input);
+        // proptest may try an input twice: then the first answer is already cached.
+        prop_assert!(
+            ["upstream", "cache"].contains(&first.source()),
+            "{:?}",
+            input
+        );
         prop_assert_eq!(again.source(), "cache", "{:?}", input);
         prop_assert_eq!(fallback.source(), "fallback", "{:?}", input);
         let canonical = expected_shout(&input);
