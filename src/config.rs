@@ -129,7 +129,8 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_BREAKER_MAX_OPEN_MS", default_value_t = 60_000)]
     pub breaker_max_open_ms: u64,
 
-    /// Most concurrent upstream calls (the bulkhead); beyond it the fallback answers at once.
+    /// Most concurrent upstream calls (the concurrency limit, and its ceiling once adaptive);
+    /// beyond it the fallback answers at once.
     #[arg(long, env = "SHOUT_BULKHEAD", default_value_t = 128)]
     pub bulkhead: usize,
 
