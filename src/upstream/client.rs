@@ -282,10 +282,8 @@ impl UpstreamClient {
         expected: &str,
         deadline: Instant,
     ) -> Result<(), FallbackReason> {
-        let body = Bytes::from(
-            serde_json::to_vec(&serde_json::json!({ "INPUT": reversed }))
-                .map_err(|_| FallbackReason::UpstreamError)?,
-        );
+        // Built on the first attempt that runs: a call the breaker refuses costs no JSON.
+        let mut body: Option<Bytes> = None;
         let started = SystemTime::now();
         let mut last = FallbackReason::UpstreamError;
         let mut retry_after = None;
@@ -322,15 +320,24 @@ impl UpstreamClient {
                 return Err(FallbackReason::Deadline);
             }
             let cut_by_deadline = left < self.attempt_timeout;
-            let result = self
-                .attempt(
-                    &body,
-                    reversed,
-                    expected,
-                    self.attempt_timeout.min(left),
-                    attempt,
-                )
-                .await;
+            let body = match &body {
+                Some(body) => body.clone(),
+                None => {
+                    let json = serde_json::to_vec(&ShoutRequest { input: reversed })
+                        .map_err(|_| FallbackReason::UpstreamError)?;
+                    body.insert(Bytes::from(json)).clone()
+                }
+            };
+            // Boxed: reqwest's future is kilobytes, and inlined it would be copied with every
+            // load future, including the many that the breaker refuses before any attempt.
+            let result = Box::pin(self.attempt(
+                body,
+                reversed,
+                expected,
+                self.attempt_timeout.min(left),
+                attempt,
+            ))
+            .await;
             let outcome = result.outcome;
             let verdict = match outcome {
                 AttemptOutcome::Disagreement | AttemptOutcome::Success => {
@@ -363,7 +370,7 @@ impl UpstreamClient {
     /// One timed attempt: send, read the whole body, validate, classify.
     async fn attempt(
         &self,
-        body: &Bytes,
+        body: Bytes,
         reversed: &str,
         expected: &str,
         timeout: Duration,
@@ -386,7 +393,7 @@ impl UpstreamClient {
             .http
             .post(self.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body.clone());
+            .body(body);
         if self.trace_propagation
             && let Some(traceparent) = crate::telemetry::inject_trace_context(&span)
         {
@@ -480,6 +487,14 @@ fn transport_kind(error: &reqwest::Error) -> &'static str {
     }
 }
 
+/// shoutcloud's request body.
+#[derive(serde::Serialize)]
+struct ShoutRequest<'a> {
+    #[serde(rename = "INPUT")]
+    input: &'a str,
+}
+
+/// The part of shoutcloud's answer we read.
 #[derive(serde::Deserialize)]
 struct ShoutAnswer {
     #[serde(rename = "OUTPUT")]
