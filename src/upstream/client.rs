@@ -323,8 +323,11 @@ impl UpstreamClient {
             let body = match &body {
                 Some(body) => body.clone(),
                 None => {
-                    let json = serde_json::to_vec(&ShoutRequest { input: reversed })
-                        .map_err(|_| FallbackReason::UpstreamError)?;
+                    // Serializing a string cannot fail; if it did, the upstream is not to blame.
+                    let Ok(json) = serde_json::to_vec(&ShoutRequest { input: reversed }) else {
+                        permit.record(Verdict::Neutral);
+                        return Err(FallbackReason::UpstreamError);
+                    };
                     body.insert(Bytes::from(json)).clone()
                 }
             };
