@@ -164,6 +164,13 @@ impl Resolver {
             tracing::debug!("cache hit");
             return self.answer(text, Source::Cache);
         }
+        // Boxed: the miss future (spawn, join, fallback) would otherwise be inlined into every
+        // request's future, which poem's layers move, hits included.
+        Box::pin(self.resolve_miss(input)).await
+    }
+
+    /// Single flight, then the load or the fallback.
+    async fn resolve_miss(&self, input: &str) -> Resolution {
         let reversed = reverse_graphemes(input);
         let canonical: Arc<str> = shout_locally(&reversed).into();
         let inner = self.inner.clone();
