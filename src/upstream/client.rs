@@ -682,6 +682,50 @@ mod tests {
         }
     }
 
+    /// A writer the test subscriber logs into.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn upstream_bodies_and_user_text_never_reach_the_logs() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let secret = "secret words of the user";
+        tracing::subscriber::with_default(subscriber, || {
+            classify(StatusCode::BAD_REQUEST, secret.as_bytes(), secret, "X");
+            classify(StatusCode::OK, secret.as_bytes(), secret, "X");
+            let body = format!(r#"{{"OUTPUT":"{secret}"}}"#);
+            classify(StatusCode::OK, body.as_bytes(), secret, "X");
+        });
+        let logs = String::from_utf8_lossy(&captured.0.lock().expect("not poisoned")).to_string();
+        assert_eq!(logs.lines().count(), 3, "{logs}");
+        assert!(!logs.contains("secret"), "{logs}");
+        assert!(logs.contains(&short_hash(secret.as_bytes())), "{logs}");
+        assert!(
+            logs.contains(&format!("body_bytes={}", secret.len())),
+            "{logs}"
+        );
+    }
+
     #[test]
     fn a_short_hash_has_eight_hex_digits() {
         let hash = short_hash(b"some upstream body");

@@ -263,12 +263,10 @@ async fn a_retry_after_of_any_size_never_panics_and_every_answer_is_right() {
 }
 
 #[tokio::test]
-async fn an_upstream_error_body_is_never_logged() {
-    // The body echoes the input; only its length and hash may be logged. Checked on the
-    // classification path by the unit tests of `upstream::client`; here the answer stays right.
+async fn a_4xx_for_one_input_is_not_retried_and_the_fallback_answers() {
     let app = fault_app().await;
     shout_call()
-        .respond_with(ResponseTemplate::new(400).set_body_string("bad input: secret words"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad input: sdrow terces"))
         .expect(1)
         .mount(&app.upstream)
         .await;
@@ -278,6 +276,10 @@ async fn an_upstream_error_body_is_never_logged() {
     assert_eq!(
         (answer.data(), answer.source()),
         ("SDROW TERCES", "fallback"),
-        "a 4xx is not retried"
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        crate::helpers::sample(&scrape, r#"shout_fallbacks_total{reason="rejected_input"}"#),
+        1.0
     );
 }
