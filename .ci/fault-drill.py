@@ -506,7 +506,8 @@ class Drill:
         else:
             calls = after - before
             calls_from = "fake /control" if kind == "fake" else "accepted connections"
-        misses = int(total(metrics, "shout_cache_misses_total"))
+        answers = by_label(metrics, "shout_answers_total", "source")
+        misses = int(answers.get("upstream", 0) + answers.get("fallback", 0))
         breaker = status.get("pipeline", {}).get("breaker", {})
         transitions = by_label(metrics, "shout_breaker_transitions_total", "state")
         periods = duration * 1000 / BREAKER_OPEN_MS
@@ -531,8 +532,8 @@ class Drill:
             "open_periods": periods,
             "calls_per_open_period": calls / max(periods, 1.0),
             "breaker_state": breaker.get("state"),
-            "breaker_trips": breaker.get("trips"),
-            "breaker_rejected": breaker.get("rejected"),
+            "breaker_trips": int(transitions.get("open", 0)),
+            "breaker_rejected": int(total(metrics, "shout_breaker_rejected_total")),
             "breaker_transitions": transitions,
             "retries": int(total(metrics, "shout_upstream_retries_total")),
             "budget_exhausted": int(total(metrics, "shout_upstream_retry_budget_exhausted_total")),
@@ -586,7 +587,7 @@ class Drill:
                 client.shout(n, f"trip recovery {self.run_id} #{n}")
                 n += 1
                 st = status_json(admin)["pipeline"]["breaker"]
-                if st["state"] == "open" and st["trips"] >= 1:
+                if st["state"] == "open":
                     trip_lower, trip_seen = started, time.monotonic()
                     break
             if trip_lower is None:

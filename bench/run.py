@@ -261,10 +261,10 @@ class Proxy:
 
 METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
 KEPT_METRICS = (
-    "shout_answers_total", "shout_fallbacks_total", "shout_cache_hits_total",
-    "shout_cache_misses_total", "shout_upstream_attempts_total", "shout_upstream_retries_total",
+    "shout_answers_total", "shout_fallbacks_total",
+    "shout_upstream_attempts_total", "shout_upstream_retries_total",
     "shout_breaker_rejected_total", "http_server_request_duration_seconds_count",
-    "shout_bulkhead_rejected_total",
+    "shout_upstream_limit_rejected_total",
 )
 
 
@@ -545,7 +545,9 @@ def memory_run() -> dict:
     started = time.monotonic()
 
     def sample() -> dict:
-        misses = int(proxy.metrics().get("shout_cache_misses_total", 0))
+        answers = proxy.metrics()
+        misses = int(answers.get('shout_answers_total{source="upstream"}', 0)
+                     + answers.get('shout_answers_total{source="fallback"}', 0))
         cache = proxy.status()["pipeline"]["cache"]
         samples.append({"t": round(time.monotonic() - started, 2), "inputs": misses,
                         "cache_entries": cache["entries"],

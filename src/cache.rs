@@ -4,11 +4,15 @@
 //! upstream gets another chance on the next request for the same input. Entries are weighed by
 //! their bytes plus a fixed per-entry overhead, so `max_bytes` bounds memory rather than the
 //! number of entries (one long input must not count as one short one).
+//!
+//! Hits and misses are not counted here: a hit is an answer with source `cache`, counted once
+//! by the resolver. The cache owns its size gauges, refreshed at scrape.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
+use prometheus::{IntGauge, Registry};
 
 /// Bytes counted for every entry on top of its key and value: moka's node, its access-order
 /// and expiry bookkeeping, the `Arc` headers and the hash table slot. Measured: one million
@@ -18,25 +22,34 @@ const ENTRY_OVERHEAD_BYTES: u32 = 512;
 
 /// Cache of confirmed answers: input -> reversed and capitalized output.
 #[derive(Debug, Clone)]
-pub struct AnswerCache {
+pub(crate) struct AnswerCache {
     /// moka's cache; `try_get_with` on it coalesces concurrent misses for one key.
     inner: Cache<Arc<str>, Arc<str>>,
+    /// `shout_cache_entries`.
+    entries: IntGauge,
+    /// `shout_cache_weighted_bytes`.
+    weighted_bytes: IntGauge,
 }
 
 /// Size of the cache for operators.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct CacheSnapshot {
+pub(crate) struct CacheSnapshot {
     /// Cached answers.
-    pub entries: u64,
+    pub(crate) entries: u64,
     /// Weighed size in bytes.
-    pub weighted_bytes: u64,
+    pub(crate) weighted_bytes: u64,
     /// The byte bound.
-    pub max_bytes: u64,
+    pub(crate) max_bytes: u64,
 }
 
 impl AnswerCache {
     /// A cache holding at most `max_bytes` (weighed) for at most `ttl` per entry.
-    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
+    /// Its size gauges are registered on `registry`.
+    pub(crate) fn new(
+        max_bytes: u64,
+        ttl: Duration,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
         let inner = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &Arc<str>, value: &Arc<str>| -> u32 {
@@ -47,18 +60,29 @@ impl AnswerCache {
             })
             .time_to_live(ttl)
             .build();
-        Self { inner }
+        let entries = IntGauge::new("shout_cache_entries", "Answers in the cache.")?;
+        let weighted_bytes = IntGauge::new(
+            "shout_cache_weighted_bytes",
+            "Weighed size of the cache in bytes.",
+        )?;
+        registry.register(Box::new(entries.clone()))?;
+        registry.register(Box::new(weighted_bytes.clone()))?;
+        Ok(Self {
+            inner,
+            entries,
+            weighted_bytes,
+        })
     }
 
     /// The cached answer for `input`, if any.
-    pub async fn get(&self, input: &str) -> Option<Arc<str>> {
+    pub(crate) async fn get(&self, input: &str) -> Option<Arc<str>> {
         self.inner.get(input).await
     }
 
     /// Gets the answer for `key`, running `load` once for all concurrent callers of the same key
     /// and caching its `Ok`. Callers must not cancel this future before the load's own deadline
     /// (moka restarts a cancelled load in a waiter): the resolver runs it in a spawned task.
-    pub async fn get_or_load<F, E>(&self, key: Arc<str>, load: F) -> Result<Arc<str>, Arc<E>>
+    pub(crate) async fn get_or_load<F, E>(&self, key: Arc<str>, load: F) -> Result<Arc<str>, Arc<E>>
     where
         F: Future<Output = Result<Arc<str>, E>>,
         E: Send + Sync + 'static,
@@ -68,13 +92,22 @@ impl AnswerCache {
 
     /// Entries and weighed size. moka applies writes lazily; this flushes them first so the
     /// numbers are current (called on scrapes and `/status`, not per request).
-    pub async fn snapshot(&self) -> CacheSnapshot {
+    pub(crate) async fn snapshot(&self) -> CacheSnapshot {
         self.inner.run_pending_tasks().await;
         CacheSnapshot {
             entries: self.inner.entry_count(),
             weighted_bytes: self.inner.weighted_size(),
             max_bytes: self.inner.policy().max_capacity().unwrap_or_default(),
         }
+    }
+
+    /// Refreshes the size gauges (called at scrape).
+    pub(crate) async fn refresh(&self) {
+        let snapshot = self.snapshot().await;
+        self.entries
+            .set(i64::try_from(snapshot.entries).unwrap_or(i64::MAX));
+        self.weighted_bytes
+            .set(i64::try_from(snapshot.weighted_bytes).unwrap_or(i64::MAX));
     }
 }
 
@@ -84,7 +117,8 @@ mod tests {
 
     #[tokio::test]
     async fn stays_within_its_byte_bound() {
-        let cache = AnswerCache::new(64 * 1024, Duration::from_secs(60));
+        let cache = AnswerCache::new(64 * 1024, Duration::from_secs(60), &Registry::new())
+            .expect("registers");
         for i in 0..10_000 {
             let key: Arc<str> = format!("input-{i}").into();
             let value: Arc<str> = format!("{i}-TUPNI").into();
@@ -102,7 +136,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_is_not_cached() {
-        let cache = AnswerCache::new(1024 * 1024, Duration::from_secs(60));
+        let cache = AnswerCache::new(1024 * 1024, Duration::from_secs(60), &Registry::new())
+            .expect("registers");
         let failed = cache
             .get_or_load::<_, &str>("k".into(), async { Err("down") })
             .await;

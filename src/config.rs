@@ -138,7 +138,8 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_BREAKER_MAX_OPEN_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 60_000)]
     pub breaker_max_open_ms: u64,
 
-    /// Most concurrent upstream calls (the bulkhead); beyond it the fallback answers at once.
+    /// Most concurrent upstream calls (the concurrency limit, and its ceiling once adaptive);
+    /// beyond it the fallback answers at once.
     #[arg(long, env = "SHOUT_BULKHEAD", value_parser = positive_usize(), default_value_t = 128)]
     pub bulkhead: usize,
 
@@ -193,6 +194,20 @@ pub struct Settings {
     /// keeps only its errors.
     #[arg(long, env = "SHOUT_LOG", default_value = "info,reqwest_retry=error")]
     pub log: String,
+
+    /// PEM file of extra root certificates trusted for an `https://` upstream (besides the
+    /// system's).
+    #[arg(long, env = "SHOUT_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
+
+    /// Send our own client span's W3C `traceparent` to the upstream (never `tracestate` or
+    /// baggage). Off by default: the upstream is a third party.
+    #[arg(
+        long,
+        env = "SHOUT_UPSTREAM_TRACE_PROPAGATION",
+        default_value_t = false
+    )]
+    pub upstream_trace_propagation: bool,
 }
 
 /// A parser for counts that must be at least 1.
@@ -311,11 +326,28 @@ impl Settings {
         if self.max_body_bytes == 0 {
             return Err(invalid("max-body-bytes", "must be above 0"));
         }
-        reqwest::Url::parse(&self.upstream_url)
+        let url = reqwest::Url::parse(&self.upstream_url)
             .map_err(|e| invalid("upstream-url", format!("not a URL: {e}")))?;
         if let Some(endpoint) = &self.otlp_endpoint {
             reqwest::Url::parse(endpoint)
                 .map_err(|e| invalid("otlp-endpoint", format!("not a URL: {e}")))?;
+        }
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(invalid("upstream-url", "must be http:// or https://"));
+        }
+        if let Some(path) = &self.upstream_ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid(
+                    "upstream-ca-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |certs| certs.is_empty()) {
+                return Err(invalid(
+                    "upstream-ca-file",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
         }
         Ok(())
     }

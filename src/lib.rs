@@ -9,7 +9,7 @@
 //! - [`api`]: the public port (poem-openapi): operations, request reading, the one error mapping.
 //! - [`admin`]: the operators' port: `/livez`, `/readyz`, `/metrics`, `/status`.
 //! - [`shout`]: the domain: the transform, and the resolve pipeline.
-//! - [`upstream`]: the shoutcloud client with retry, budget and circuit breaker.
+//! - [`upstream`]: the shoutcloud attempt loop and what it calls: breaker, budget, limit.
 //! - [`cache`]: confirmed answers, bounded by bytes and age.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics; logs and OpenTelemetry traces.
 //!
@@ -17,9 +17,10 @@
 //!
 //! `server` (hyper HTTP/1: header read timeout, connection cap) -> `api::observe` (server span,
 //! metrics, exact `application/json`) -> `api::input` (read `data`, or 400/408/413) ->
-//! `shout::resolve`: cache -> single flight -> deadline -> bulkhead ->
-//! `upstream::client` (retry with budget -> breaker -> timed attempt -> validation) ->
-//! fallback (the local transform) when anything below the cache gave no confirmed answer.
+//! `shout::resolve`: cache -> single flight -> deadline -> concurrency limit ->
+//! `upstream::client`'s attempt loop (each pass: backoff -> breaker permit -> retry budget ->
+//! timed attempt -> validation -> classification) -> fallback (the canonical local answer)
+//! when anything below the cache gave no answer byte-equal to it.
 
 #![forbid(unsafe_code)]
 

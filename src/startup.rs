@@ -25,10 +25,10 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::server::{ConnectionMetricFamilies, ListenerConfig, ListenerName};
 use crate::shout::Resolver;
-use crate::shout::resolve::ResolverParts;
 use crate::upstream::breaker::{Breaker, BreakerConfig};
 use crate::upstream::budget::RetryBudget;
-use crate::upstream::{ClientConfig, UpstreamClient};
+use crate::upstream::client::{ClientConfig, UpstreamClient};
+use crate::upstream::limit::ConcurrencyLimit;
 
 /// Connections the admin port accepts at once: probes and scrapes need a handful.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -57,8 +57,10 @@ pub struct Application {
     settings: Settings,
 }
 
-/// Builds the resolve pipeline from settings.
-pub fn build_resolver(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<Resolver> {
+/// Builds the resolve pipeline from settings; each component registers its metrics on
+/// `metrics`' registry.
+pub fn build_resolver(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Resolver> {
+    let registry = metrics.registry();
     let breaker = Breaker::new(
         &BreakerConfig {
             consecutive_failures: settings.breaker_consecutive_failures,
@@ -68,13 +70,19 @@ pub fn build_resolver(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Res
             open: Duration::from_millis(settings.breaker_open_ms),
             max_open: Duration::from_millis(settings.breaker_max_open_ms),
         },
-        metrics.clone(),
-    );
-    let budget = Arc::new(RetryBudget::new(
+        registry,
+    )?;
+    let budget = RetryBudget::new(
         settings.retry_budget_ratio,
         settings.retry_budget_min_per_sec,
         Duration::from_secs(settings.retry_budget_window_secs),
-    ));
+    );
+    let ca_pem = settings
+        .upstream_ca_file
+        .as_ref()
+        .map(std::fs::read)
+        .transpose()
+        .context("--upstream-ca-file")?;
     let client = UpstreamClient::new(
         &ClientConfig {
             url: settings.upstream_url.parse().context("--upstream-url")?,
@@ -83,24 +91,27 @@ pub fn build_resolver(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Res
             retry_max: settings.retry_max,
             min_backoff: Duration::from_millis(settings.retry_min_backoff_ms),
             max_backoff: Duration::from_millis(settings.retry_max_backoff_ms),
+            ca_pem,
+            trace_propagation: settings.upstream_trace_propagation,
         },
-        breaker.clone(),
-        budget.clone(),
-        metrics.clone(),
-    )
-    .context("building the upstream HTTP client")?;
-    Ok(Resolver::new(ResolverParts {
-        cache: AnswerCache::new(
-            settings.cache_max_bytes,
-            Duration::from_secs(settings.cache_ttl_secs),
-        ),
-        client,
         breaker,
         budget,
-        bulkhead: settings.bulkhead,
-        deadline: settings.deadline(),
-        metrics,
-    }))
+        registry,
+    )
+    .context("building the upstream client")?;
+    let cache = AnswerCache::new(
+        settings.cache_max_bytes,
+        Duration::from_secs(settings.cache_ttl_secs),
+        registry,
+    )?;
+    let limit = ConcurrencyLimit::new(settings.bulkhead, registry)?;
+    Ok(Resolver::new(
+        cache,
+        limit,
+        client,
+        settings.deadline(),
+        registry,
+    )?)
 }
 
 impl Application {
@@ -116,7 +127,7 @@ impl Application {
             .context("registering the connection metrics")?;
         crate::telemetry::register_metrics(registry)
             .context("registering the trace export metrics")?;
-        let resolver = build_resolver(&settings, metrics.clone())?;
+        let resolver = build_resolver(&settings, &metrics)?;
         let public = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding --listen {}", settings.listen))?;

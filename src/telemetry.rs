@@ -14,7 +14,8 @@
 //! the SDK's own per-batch error logs are silenced. The OpenTelemetry layer gets its own
 //! filter (`shout_proxy=debug`) so request-level events (cache hit, breaker rejection, fallback
 //! reason) land on the spans without flooding the logs. W3C `traceparent` is read from incoming
-//! requests and written into every upstream attempt.
+//! requests; nothing of it goes to the upstream, which gets our own client span's `traceparent`
+//! only with `--upstream-trace-propagation`.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, global};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
@@ -279,15 +280,9 @@ impl<W: Write> Write for BoundedLine<W> {
     }
 }
 
-/// The caller's W3C trace context, carried with a request so that it reaches the upstream even
-/// when no OpenTelemetry layer is installed (then the service passes it through unchanged).
-#[derive(Debug, Clone, Default)]
-pub struct CallerContext(pub Context);
-
 /// Makes `span` a child of the W3C trace context in `headers`, if they carry one, records the
-/// trace id in its `trace_id` field so that log lines inside the request carry it, and returns
-/// the caller's context.
-pub fn adopt_trace_context(span: &tracing::Span, headers: &http::HeaderMap) -> CallerContext {
+/// trace id in its `trace_id` field so that log lines inside the request carry it.
+pub fn adopt_trace_context(span: &tracing::Span, headers: &http::HeaderMap) {
     use opentelemetry::trace::TraceContextExt;
 
     // Most requests carry no trace context: skip the propagator for them.
@@ -298,7 +293,7 @@ pub fn adopt_trace_context(span: &tracing::Span, headers: &http::HeaderMap) -> C
     };
     let remote = parent.span().span_context().trace_id();
     // An error only means no OpenTelemetry layer is installed; the caller's id is still logged.
-    let _ = span.set_parent(parent.clone());
+    let _ = span.set_parent(parent);
     let own = span.context().span().span_context().trace_id();
     let trace_id = if own != opentelemetry::trace::TraceId::INVALID {
         own
@@ -308,27 +303,25 @@ pub fn adopt_trace_context(span: &tracing::Span, headers: &http::HeaderMap) -> C
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
     }
-    CallerContext(parent)
 }
 
-/// Writes `span`'s W3C trace context (`traceparent`) into outgoing `headers`; without an
-/// OpenTelemetry layer `span` has none, and the caller's context is passed on instead.
-pub fn inject_trace_context(
-    span: &tracing::Span,
-    caller: &CallerContext,
-    headers: &mut http::HeaderMap,
-) {
+/// The W3C `traceparent` of `span` itself, when an OpenTelemetry layer traces it; nothing of a
+/// caller's context (`tracestate`, baggage) is ever added. Only sent upstream when the operator
+/// opted in (`--upstream-trace-propagation`).
+pub(crate) fn inject_trace_context(span: &tracing::Span) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
 
-    let own = span.context();
-    let context = if own.span().span_context().is_valid() {
-        own
-    } else {
-        caller.0.clone()
-    };
-    global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut HeaderInjector(headers));
-    });
+    let context = span.context();
+    let own = context.span();
+    let own = own.span_context();
+    own.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            own.trace_id(),
+            own.span_id(),
+            own.trace_flags().to_u8()
+        )
+    })
 }
 
 /// Span fields for the JSON log format: only `trace_id`.

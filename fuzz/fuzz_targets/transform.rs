@@ -1,11 +1,11 @@
-//! The transform on arbitrary text: reversal keeps every byte, the local shout is the full
-//! uppercase of the reversal, and `is_valid_shout` accepts it (a correct upstream answer is never
-//! a breaker failure).
+//! The transform on arbitrary text: reversal keeps every byte, and the local shout (the
+//! canonical answer, which an upstream answer must equal byte for byte) is the full uppercase of
+//! the reversal.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shout_proxy::shout::transform::{is_valid_shout, reverse_graphemes, shout_locally};
+use shout_proxy::shout::transform::{reverse_graphemes, shout_locally};
 
 fuzz_target!(|input: &str| {
     let reversed = reverse_graphemes(input);
@@ -17,8 +17,4 @@ fuzz_target!(|input: &str| {
 
     let shout = shout_locally(&reversed);
     assert_eq!(shout, reversed.to_uppercase());
-    assert!(
-        is_valid_shout(&reversed, &shout),
-        "the local answer {shout:?} for {reversed:?} would be rejected as invalid"
-    );
 });

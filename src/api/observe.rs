@@ -250,8 +250,7 @@ impl<E: Endpoint> Endpoint for Observe<E> {
             http.response.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        let caller = crate::telemetry::adopt_trace_context(&span, request.headers());
-        request.extensions_mut().insert(caller);
+        crate::telemetry::adopt_trace_context(&span, request.headers());
         let _active = self.metrics.start(method_slot, route_slot);
         let started = Instant::now();
 

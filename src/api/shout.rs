@@ -1,7 +1,6 @@
 //! The public operations: `POST /`, `POST /v1`, `POST /v1/` and `GET /health`, as the original
 //! service had them, documented with poem-openapi.
 
-use poem::Request;
 use poem::web::Data;
 use poem_openapi::payload::PlainText;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
@@ -11,7 +10,6 @@ use crate::api::error::{ApiError, ErrorBody};
 use crate::api::input::ShoutInput;
 use crate::api::payload::JsonBody as Json;
 use crate::shout::Resolver;
-use crate::telemetry::CallerContext;
 
 #[derive(Tags)]
 enum Tag {
@@ -83,13 +81,8 @@ fn shout_error(error: poem::Error) -> ShoutResult {
 pub struct ShoutApi;
 
 impl ShoutApi {
-    async fn answer(resolver: &Resolver, request: &Request, input: ShoutInput) -> ShoutResult {
-        let caller = request
-            .extensions()
-            .get::<CallerContext>()
-            .cloned()
-            .unwrap_or_default();
-        let resolution = resolver.resolve(&input.0, caller).await;
+    async fn answer(resolver: &Resolver, input: ShoutInput) -> ShoutResult {
+        let resolution = resolver.resolve(&input.0).await;
         ShoutResult::Ok(
             Json(ShoutResponse {
                 data: resolution.text.to_string(),
@@ -112,13 +105,8 @@ impl ShoutApi {
         tag = "Tag::Shout",
         operation_id = "shout"
     )]
-    async fn shout(
-        &self,
-        context: Data<&ApiContext>,
-        request: &Request,
-        input: ShoutInput,
-    ) -> ShoutResult {
-        Self::answer(&context.resolver, request, input).await
+    async fn shout(&self, context: Data<&ApiContext>, input: ShoutInput) -> ShoutResult {
+        Self::answer(&context.resolver, input).await
     }
 
     /// Reverse and capitalize a string (versioned path).
@@ -131,13 +119,8 @@ impl ShoutApi {
         tag = "Tag::Shout",
         operation_id = "shoutV1"
     )]
-    async fn shout_v1(
-        &self,
-        context: Data<&ApiContext>,
-        request: &Request,
-        input: ShoutInput,
-    ) -> ShoutResult {
-        Self::answer(&context.resolver, request, input).await
+    async fn shout_v1(&self, context: Data<&ApiContext>, input: ShoutInput) -> ShoutResult {
+        Self::answer(&context.resolver, input).await
     }
 
     /// Health of the public port.

@@ -1,9 +1,9 @@
 //! The domain: what an answer is and how one is resolved.
 //!
-//! [`transform`] is the pure string work; [`resolve`] is the pipeline that decides who
-//! capitalizes (cache, shoutcloud through the resilient client, or the local fallback).
+//! [`transform`] is the pure string work and the canonical answer; [`resolve`] is the pipeline
+//! that decides who answers (cache, shoutcloud through the attempt loop, or the local fallback).
 
 pub mod resolve;
 pub mod transform;
 
-pub use resolve::{Resolution, Resolver, Source};
+pub use resolve::{Resolver, Source};

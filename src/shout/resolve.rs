@@ -1,169 +1,120 @@
-//! The resolve pipeline: who capitalizes a request's string, and why.
+//! The resolve pipeline: who answers a request's string, and why. One request reads top to
+//! bottom down one chain of calls:
 //!
-//! # The order, and why
-//!
-//! 1. **Cache.** A hit answers without touching anything else: cheapest first. Only answers
-//!    shoutcloud confirmed are in it.
+//! 1. **Cache** ([`Resolver::resolve`]). A hit answers without touching anything else. Only
+//!    answers shoutcloud confirmed are in it.
 //! 2. **Single flight.** A miss goes through moka's `try_get_with`, so N concurrent misses for one
 //!    input make one upstream call. The load runs in a spawned task: a client that hangs up
 //!    cannot cancel it (moka would restart a cancelled load in a waiter, and panics after
 //!    repeated aborts, its issue #240), and its answer still fills the cache.
-//! 3. **Deadline.** The load's clock starts here and bounds everything below, retries and
-//!    backoffs included; when it passes, the fallback answers.
-//! 4. **Bulkhead.** At most N upstream calls at once. When full, the fallback answers at once:
-//!    queueing would only turn an upstream slowdown into our own.
-//! 5. **Retrying client** ([`crate::upstream::client`]): per attempt, the retry budget, the
-//!    circuit breaker (inside the retry loop, so an open circuit ends the retries) and the
-//!    validation of the answer.
-//! 6. **Fallback.** The local transform, always correct, with the reason recorded in logs,
-//!    traces and metrics.
+//! 3. **Deadline** (`Inner::load`). Its clock starts when the load starts; the attempt loop
+//!    bounds every wait by the time left, so the whole load ends by it.
+//! 4. **Concurrency limit.** At most N upstream calls at once; when full, the fallback answers
+//!    at once (queueing would turn an upstream slowdown into our own).
+//! 5. **Attempt loop** (`UpstreamClient::call`): each pass takes a breaker permit (the only
+//!    breaker check), pays the retry budget for a retry, runs one timed attempt, validates and
+//!    classifies it.
+//! 6. **Fallback** with its reason: the canonical answer, our own transform.
+//!
+//! # One answer per input
+//!
+//! The canonical answer is our transform; the resolver computes it before the upstream is asked
+//! and hands it to the loop, which accepts shoutcloud's `OUTPUT` only when it is byte-equal. So
+//! upstream, cache and fallback answers are the same bytes, and nothing the upstream invents (a
+//! Kelvin sign for `K`, `ẞ` for `SS`) reaches a client or the cache.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::cache::{AnswerCache, CacheSnapshot};
-use crate::metrics::Metrics;
+use crate::metrics::ByLabel;
 use crate::shout::transform::{reverse_graphemes, shout_locally};
-use crate::telemetry::CallerContext;
-use crate::upstream::breaker::{Breaker, BreakerSnapshot};
-use crate::upstream::budget::{BudgetSnapshot, RetryBudget};
-use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::upstream::breaker::BreakerSnapshot;
+use crate::upstream::budget::BudgetSnapshot;
+use crate::upstream::client::UpstreamClient;
+use crate::upstream::limit::{ConcurrencyLimit, LimitSnapshot};
+use crate::upstream::outcome::FallbackReason;
 
 /// Which path produced an answer; sent to clients as `X-Shout-Source`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
 pub enum Source {
-    /// shoutcloud capitalized it for this request.
-    Upstream = 0,
-    /// A cached shoutcloud answer.
-    Cache = 1,
+    /// shoutcloud confirmed it for this request.
+    Upstream,
+    /// A cached shoutcloud-confirmed answer.
+    Cache,
     /// The local transform.
-    Fallback = 2,
+    Fallback,
 }
 
 impl Source {
-    /// Every source, in discriminant order.
-    pub const ALL: [Source; 3] = [Self::Upstream, Self::Cache, Self::Fallback];
-
     /// The header value and metric label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Upstream => "upstream",
-            Self::Cache => "cache",
-            Self::Fallback => "fallback",
-        }
-    }
-}
-
-/// Why the fallback answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackReason {
-    /// The circuit breaker is open (or half-open with its probe running).
-    BreakerOpen = 0,
-    /// The overall deadline passed.
-    Deadline = 1,
-    /// The bulkhead was full.
-    BulkheadFull = 2,
-    /// A retry was needed and the retry budget was spent.
-    BudgetExhausted = 3,
-    /// The upstream failed: transport error, timeout, non-2xx.
-    UpstreamError = 4,
-    /// The upstream's answer was not a valid capitalization.
-    InvalidAnswer = 5,
-}
-
-impl FallbackReason {
-    /// Every reason, in discriminant order.
-    pub const ALL: [FallbackReason; 6] = [
-        Self::BreakerOpen,
-        Self::Deadline,
-        Self::BulkheadFull,
-        Self::BudgetExhausted,
-        Self::UpstreamError,
-        Self::InvalidAnswer,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BreakerOpen => "breaker_open",
-            Self::Deadline => "deadline",
-            Self::BulkheadFull => "bulkhead_full",
-            Self::BudgetExhausted => "budget_exhausted",
-            Self::UpstreamError => "upstream_error",
-            Self::InvalidAnswer => "invalid_answer",
-        }
-    }
-}
-
-/// Why a load produced no confirmed answer.
-#[derive(Debug, thiserror::Error)]
-enum LoadError {
-    /// The bulkhead had no free permit.
-    #[error("bulkhead full")]
-    BulkheadFull,
-    /// The deadline passed before the client finished.
-    #[error("deadline passed")]
-    Deadline,
-    /// The client's last failure.
-    #[error(transparent)]
-    Upstream(UpstreamError),
-}
-
-impl LoadError {
-    fn reason(&self) -> FallbackReason {
-        match self {
-            Self::BulkheadFull => FallbackReason::BulkheadFull,
-            Self::Deadline => FallbackReason::Deadline,
-            Self::Upstream(e) => match e {
-                UpstreamError::CircuitOpen(_) => FallbackReason::BreakerOpen,
-                UpstreamError::DeadlineExceeded | UpstreamError::RetryAfterBeyondDeadline(_) => {
-                    FallbackReason::Deadline
-                }
-                UpstreamError::BudgetExhausted => FallbackReason::BudgetExhausted,
-                UpstreamError::Invalid(_) => FallbackReason::InvalidAnswer,
-                UpstreamError::Timeout(_)
-                | UpstreamError::Transport(_)
-                | UpstreamError::Status(_) => FallbackReason::UpstreamError,
-            },
-        }
+        self.into()
     }
 }
 
 /// A resolved answer.
 #[derive(Debug, Clone)]
-pub struct Resolution {
+pub(crate) struct Resolution {
     /// The reversed, capitalized string.
-    pub text: Arc<str>,
+    pub(crate) text: Arc<str>,
     /// Which path produced it.
-    pub source: Source,
-    /// Why the fallback answered, when it did.
-    pub fallback: Option<FallbackReason>,
+    pub(crate) source: Source,
 }
 
 /// The live state of the pipeline, for `/status`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct PipelineSnapshot {
-    /// Circuit breaker state and counters.
-    pub breaker: BreakerSnapshot,
+pub(crate) struct PipelineSnapshot {
+    /// Circuit breaker state.
+    pub(crate) breaker: BreakerSnapshot,
     /// Retry budget over its window.
-    pub retry_budget: BudgetSnapshot,
-    /// Bulkhead occupancy.
-    pub bulkhead: BulkheadSnapshot,
+    pub(crate) retry_budget: BudgetSnapshot,
+    /// Concurrency limit occupancy.
+    pub(crate) concurrency_limit: LimitSnapshot,
     /// Cache size.
-    pub cache: CacheSnapshot,
+    pub(crate) cache: CacheSnapshot,
 }
 
-/// Bulkhead occupancy.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct BulkheadSnapshot {
-    /// Upstream calls running.
-    pub in_flight: usize,
-    /// Most upstream calls at once.
-    pub capacity: usize,
+/// The resolver's metric families.
+#[derive(Debug)]
+struct ResolveMetrics {
+    /// `shout_answers_total{source}`.
+    answers: ByLabel<Source, IntCounter>,
+    /// `shout_fallbacks_total{reason}`.
+    fallbacks: ByLabel<FallbackReason, IntCounter>,
+}
+
+impl ResolveMetrics {
+    fn register(registry: &Registry, deadline: Duration) -> prometheus::Result<Self> {
+        let answers = IntCounterVec::new(
+            Opts::new("shout_answers_total", "Answers by source."),
+            &["source"],
+        )?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "shout_fallbacks_total",
+                "Answers given by the local fallback, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let deadline_seconds = Gauge::new(
+            "shout_deadline_seconds",
+            "Configured overall upstream deadline.",
+        )?;
+        registry.register(Box::new(answers.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
+        registry.register(Box::new(deadline_seconds.clone()))?;
+        deadline_seconds.set(deadline.as_secs_f64());
+        Ok(Self {
+            answers: ByLabel::new(|label| answers.with_label_values(&[label])),
+            fallbacks: ByLabel::new(|label| fallbacks.with_label_values(&[label])),
+        })
+    }
 }
 
 /// The parts of the pipeline, shared by every request.
@@ -171,20 +122,14 @@ pub struct BulkheadSnapshot {
 struct Inner {
     /// Confirmed answers.
     cache: AnswerCache,
-    /// The retrying, breaker-guarded client.
+    /// Slots for concurrent upstream calls.
+    limit: ConcurrencyLimit,
+    /// The attempt loop, with the breaker and budget it calls.
     client: UpstreamClient,
-    /// The breaker inside the client, kept for `/status`.
-    breaker: Breaker,
-    /// The budget inside the client, kept for `/status`.
-    budget: Arc<RetryBudget>,
-    /// Permits for concurrent upstream calls.
-    bulkhead: Arc<Semaphore>,
-    /// The bulkhead's size.
-    bulkhead_capacity: usize,
     /// The overall deadline of a load.
     deadline: Duration,
-    /// Where answers and fallbacks are counted.
-    metrics: Arc<Metrics>,
+    /// Answers and fallbacks.
+    metrics: ResolveMetrics,
 }
 
 /// Resolves inputs to answers; cheap to clone.
@@ -193,175 +138,110 @@ pub struct Resolver {
     inner: Arc<Inner>,
 }
 
-/// The pieces a [`Resolver`] is built from.
-#[derive(Debug)]
-pub struct ResolverParts {
-    /// Confirmed answers.
-    pub cache: AnswerCache,
-    /// The retrying client.
-    pub client: UpstreamClient,
-    /// The breaker the client uses.
-    pub breaker: Breaker,
-    /// The budget the client uses.
-    pub budget: Arc<RetryBudget>,
-    /// Bulkhead size.
-    pub bulkhead: usize,
-    /// Overall deadline.
-    pub deadline: Duration,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-}
-
 impl Resolver {
-    /// Assembles the pipeline.
-    pub fn new(parts: ResolverParts) -> Self {
-        parts.metrics.bulkhead_capacity.set(parts.bulkhead as i64);
-        parts
-            .metrics
-            .deadline_seconds
-            .set(parts.deadline.as_secs_f64());
-        Self {
+    /// Assembles the pipeline; registers the resolver's metrics on `registry`.
+    pub(crate) fn new(
+        cache: AnswerCache,
+        limit: ConcurrencyLimit,
+        client: UpstreamClient,
+        deadline: Duration,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
+        Ok(Self {
             inner: Arc::new(Inner {
-                cache: parts.cache,
-                client: parts.client,
-                breaker: parts.breaker,
-                budget: parts.budget,
-                bulkhead: Arc::new(Semaphore::new(parts.bulkhead)),
-                bulkhead_capacity: parts.bulkhead,
-                deadline: parts.deadline,
-                metrics: parts.metrics,
+                cache,
+                limit,
+                client,
+                deadline,
+                metrics: ResolveMetrics::register(registry, deadline)?,
             }),
-        }
+        })
     }
 
     /// Reverses and capitalizes `input`: from the cache, shoutcloud, or the fallback.
-    pub async fn resolve(&self, input: &str, caller: CallerContext) -> Resolution {
-        let metrics = &self.inner.metrics;
+    pub(crate) async fn resolve(&self, input: &str) -> Resolution {
         if let Some(text) = self.inner.cache.get(input).await {
-            metrics.cache_hits.inc();
-            metrics.answer(Source::Cache);
             tracing::debug!("cache hit");
-            return Resolution {
-                text,
-                source: Source::Cache,
-                fallback: None,
-            };
+            return self.answer(text, Source::Cache);
         }
-        metrics.cache_misses.inc();
+        // Boxed: the miss future (spawn, join, fallback) would otherwise be inlined into every
+        // request's future, which poem's layers move, hits included.
+        Box::pin(self.resolve_miss(input)).await
+    }
+
+    /// Single flight, then the load or the fallback.
+    async fn resolve_miss(&self, input: &str) -> Resolution {
         let reversed = reverse_graphemes(input);
-        // An open breaker answers from the fallback here, before a task is spawned: when
-        // shoutcloud is down, every request takes this path, so it must be as cheap as a hit.
-        if let Err(rejection) = self.inner.breaker.admits() {
-            tracing::debug!(?rejection, "circuit breaker rejected the request");
-            return self.fallback(&reversed, FallbackReason::BreakerOpen);
-        }
+        let canonical: Arc<str> = shout_locally(&reversed).into();
         let inner = self.inner.clone();
         let key: Arc<str> = Arc::from(input);
-        let upstream_input = reversed.clone();
+        let expected = canonical.clone();
         let load = tokio::spawn(
             async move {
                 let loader = inner.clone();
                 inner
                     .cache
-                    .get_or_load(
-                        key,
-                        async move { loader.load(upstream_input, caller).await },
-                    )
+                    .get_or_load(key, async move { loader.load(reversed, expected).await })
                     .await
             }
             .in_current_span(),
         );
-        let failure = match load.await {
-            Ok(Ok(text)) => {
-                metrics.answer(Source::Upstream);
-                return Resolution {
-                    text,
-                    source: Source::Upstream,
-                    fallback: None,
-                };
-            }
-            Ok(Err(error)) => error.reason(),
+        let reason = match load.await {
+            Ok(Ok(text)) => return self.answer(text, Source::Upstream),
+            Ok(Err(reason)) => *reason,
             Err(join) => {
                 tracing::error!(error = %join, "the upstream load task failed");
                 FallbackReason::UpstreamError
             }
         };
-        self.fallback(&reversed, failure)
+        self.inner.metrics.fallbacks.get(reason).inc();
+        let label: &'static str = reason.into();
+        tracing::debug!(reason = label, "fallback answered");
+        self.answer(canonical, Source::Fallback)
     }
 
-    fn fallback(&self, reversed: &str, reason: FallbackReason) -> Resolution {
-        self.inner.metrics.answer(Source::Fallback);
-        self.inner.metrics.fallback(reason);
-        tracing::debug!(reason = reason.as_str(), "fallback answered");
-        Resolution {
-            text: shout_locally(reversed).into(),
-            source: Source::Fallback,
-            fallback: Some(reason),
-        }
+    fn answer(&self, text: Arc<str>, source: Source) -> Resolution {
+        self.inner.metrics.answers.get(source).inc();
+        Resolution { text, source }
     }
 
-    /// The live state of breaker, budget, bulkhead and cache.
-    pub async fn snapshot(&self) -> PipelineSnapshot {
+    /// The live state of breaker, budget, concurrency limit and cache.
+    pub(crate) async fn snapshot(&self) -> PipelineSnapshot {
         let inner = &self.inner;
         PipelineSnapshot {
-            breaker: inner.breaker.snapshot(),
-            retry_budget: inner.budget.snapshot(),
-            bulkhead: BulkheadSnapshot {
-                in_flight: inner.bulkhead_capacity - inner.bulkhead.available_permits(),
-                capacity: inner.bulkhead_capacity,
-            },
+            breaker: inner.client.breaker().snapshot(),
+            retry_budget: inner.client.budget().snapshot(),
+            concurrency_limit: inner.limit.snapshot(),
             cache: inner.cache.snapshot().await,
         }
     }
 
-    /// Refreshes the gauges that are read rather than counted (called before each scrape).
-    pub async fn refresh_gauges(&self) {
-        let cache = self.inner.cache.snapshot().await;
-        let metrics = &self.inner.metrics;
-        metrics
-            .cache_entries
-            .set(i64::try_from(cache.entries).unwrap_or(i64::MAX));
-        metrics
-            .cache_weighted_bytes
-            .set(i64::try_from(cache.weighted_bytes).unwrap_or(i64::MAX));
+    /// Refreshes the gauges that are read rather than counted (called before each scrape):
+    /// the breaker state follows the clock even with no traffic.
+    pub(crate) async fn refresh_gauges(&self) {
+        self.inner.client.breaker().refresh();
+        self.inner.limit.refresh();
+        self.inner.cache.refresh().await;
     }
 }
 
 impl Inner {
-    /// One bounded attempt at a confirmed answer: deadline, bulkhead, retrying client.
-    async fn load(&self, reversed: String, caller: CallerContext) -> Result<Arc<str>, LoadError> {
-        let deadline = Instant::now() + self.deadline;
-        let Ok(_permit) = self.bulkhead.clone().try_acquire_owned() else {
-            self.metrics.bulkhead_rejected.inc();
-            return Err(LoadError::BulkheadFull);
+    /// One bounded attempt at a confirmed answer: deadline, concurrency limit, attempt loop.
+    /// `Ok` carries the canonical answer, which the upstream confirmed byte for byte.
+    async fn load(
+        &self,
+        reversed: String,
+        canonical: Arc<str>,
+    ) -> Result<Arc<str>, FallbackReason> {
+        let now = Instant::now();
+        // A deadline too far for the clock is no deadline at all: a year stands in for it.
+        let deadline = now
+            .checked_add(self.deadline)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
+        let Some(_slot) = self.limit.try_acquire() else {
+            return Err(FallbackReason::ConcurrencyLimit);
         };
-        self.metrics.bulkhead_in_flight.inc();
-        let _in_flight = InFlight(&self.metrics);
-        // The client honours the deadline itself; this is the backstop that makes "no request
-        // waits longer than the deadline" hold whatever happens below.
-        match tokio::time::timeout_at(deadline, self.client.shout(&reversed, deadline, caller))
-            .await
-        {
-            Ok(report) => match report.result {
-                Ok(output) => Ok(output.into()),
-                Err(UpstreamError::Timeout(_)) if Instant::now() >= deadline => {
-                    Err(LoadError::Deadline)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, attempts = report.attempts, "no confirmed answer from the upstream");
-                    Err(LoadError::Upstream(e))
-                }
-            },
-            Err(_) => Err(LoadError::Deadline),
-        }
-    }
-}
-
-/// Decrements the in-flight gauge when the load ends, however it ends.
-struct InFlight<'a>(&'a Metrics);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.bulkhead_in_flight.dec();
+        self.client.call(&reversed, &canonical, deadline).await?;
+        Ok(canonical)
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Reversing `char`s would tear combining accents off their letters and split flags and ZWJ emoji
 //! into their parts, so the reversal works on grapheme clusters (`unicode-segmentation`).
-//! `str::to_uppercase` applies the full mapping (`ß` -> `SS`), which is what the fallback answers.
+//! `str::to_uppercase` applies the full mapping (`ß` -> `SS`). This transform is the canonical
+//! answer: shoutcloud's is used only when byte-equal to it.
 
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -19,20 +20,6 @@ pub fn reverse_graphemes(input: &str) -> String {
 /// The local capitalization: Unicode full case mapping. This is the fallback's answer.
 pub fn shout_locally(reversed: &str) -> String {
     reversed.to_uppercase()
-}
-
-/// Whether `output` is an acceptable capitalization of `input` by the upstream.
-///
-/// Accepted when `output` is already upper case (an upstream cannot hand back lower case) and
-/// equals `input` case-insensitively: by Unicode lowercase (the contract), or by full uppercase,
-/// which accepts `SS` for `ß` where lowercase comparison cannot. Anything else is an invalid
-/// answer, so an upstream can never put other content into our answers.
-pub fn is_valid_shout(input: &str, output: &str) -> bool {
-    let upper = output.to_uppercase();
-    if upper != output {
-        return false;
-    }
-    output.to_lowercase() == input.to_lowercase() || upper == input.to_uppercase()
 }
 
 #[cfg(test)]
@@ -59,14 +46,5 @@ mod tests {
     #[test]
     fn empty_string_is_valid() {
         assert_eq!(shout_locally(&reverse_graphemes("")), "");
-    }
-
-    #[test]
-    fn validation_accepts_uppercase_forms_only() {
-        assert!(is_valid_shout("tset", "TSET"));
-        assert!(is_valid_shout("eßartс", "ESSARTС"));
-        assert!(!is_valid_shout("tset", "tset"), "lower case is not a shout");
-        assert!(!is_valid_shout("tset", "PWNED"), "different content");
-        assert!(!is_valid_shout("tset", "TSET "), "extra content");
     }
 }

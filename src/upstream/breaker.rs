@@ -1,50 +1,48 @@
-//! The circuit breaker: `failsafe`'s state machine, plus the parts it lacks.
+//! The circuit breaker: one state machine on tokio's clock that owns closed / open / half-open,
+//! the single half-open probe and the growing open period.
 //!
 //! # States and their contracts
 //!
-//! - **Closed**: every attempt runs; each result is recorded. The breaker opens after
-//!   `consecutive_failures` failures in a row, OR when the success rate over `window` falls
-//!   below `min_success_rate` with at least `min_calls` calls in it.
-//! - **Open**: no attempt runs; callers get [`Rejection::Open`] and answer with the fallback.
-//!   Lasts `open` after the first trip, doubling with each trip that follows a failed probe, up
-//!   to `max_open`; a success resets it.
+//! - **Closed**: every attempt runs; each verdict is recorded. failsafe's policies (consecutive
+//!   failures OR a success rate over a window) decide when a failure trips the breaker and for
+//!   how long.
+//! - **Open** until a point in time: no attempt runs; callers get [`Rejection::Open`]. The open
+//!   period starts at `open` and doubles with each failed probe, up to `max_open`; a successful
+//!   probe resets it.
 //! - **HalfOpen**: exactly ONE attempt (the probe) runs at a time; every other caller gets
 //!   [`Rejection::ProbeInFlight`]. The probe's success closes the breaker, its failure opens it
-//!   again.
+//!   again for a longer period.
 //!
-//! # What we add to failsafe 1.3, and why
+//! # One source of truth
 //!
-//! - A probe gate: failsafe admits *every* call while half-open until the first result, which
-//!   lets a burst of traffic hit an upstream that is barely back. [`Breaker::permit`] admits one.
-//! - Open durations in milliseconds: failsafe's exponential backoffs work in whole seconds and
-//!   panic below one second. Its policies take any `Iterator<Item = Duration>`, so
-//!   [`OpenDurations`] supplies doubling durations at any resolution.
-//! - A readable state: failsafe has no getter, so the state is rebuilt from its `Instrument`
-//!   callbacks, which also log every transition once and update the metrics.
-//! - Dropped attempts count: failsafe records nothing for a future that is dropped. A [`Permit`]
-//!   that is dropped without a recorded result records a failure (the attempt was cut short by
-//!   the deadline, which is a timeout) and always releases the probe gate.
+//! The state lives in one place, `Machine`, behind one lock; failsafe's policies are fed
+//! verdicts and only answer "trip now, for this long?". Nothing is rebuilt from callbacks. Time
+//! moves the state too: an open period that has passed is half-open whether or not a call
+//! arrives, because every read ([`Breaker::state`], the scrape, `/status`) settles the state
+//! against the clock first. Every transition is logged once, under the lock that makes it.
 //!
-//! The instrument callbacks run right after failsafe releases its lock, so for an instant the
-//! rebuilt state can lag failsafe's. The gate is safe against it: any caller permitted while
-//! the rebuilt state is not `Closed` must win the probe gate to run.
+//! A [`Permit`] dropped without a verdict (its attempt was cut short) records a failure and
+//! always frees the probe.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use failsafe::FailurePolicy;
 use failsafe::failure_policy::{
     ConsecutiveFailures, OrElse, SuccessRateOverTimeWindow, consecutive_failures,
     success_rate_over_time_window,
 };
-use failsafe::{FailurePolicy, StateMachine};
-
-use crate::metrics::Metrics;
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use strum::IntoEnumIterator;
+use tokio::time::Instant;
 
 /// The breaker's state as operators see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, strum::IntoStaticStr, strum::EnumIter,
+)]
 #[serde(rename_all = "snake_case")]
-pub enum BreakerState {
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum BreakerState {
     /// Attempts run.
     Closed,
     /// Attempts are rejected until the open period passes.
@@ -53,65 +51,47 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-impl BreakerState {
-    /// All states, for exporting one 0/1 series each.
-    pub const ALL: [BreakerState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
-
-    /// The metric label and log name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        }
-    }
-
-    fn from_u8(value: u8) -> Self {
-        match value {
-            1 => Self::Open,
-            2 => Self::HalfOpen,
-            _ => Self::Closed,
-        }
-    }
-
-    fn to_u8(self) -> u8 {
-        match self {
-            Self::Closed => 0,
-            Self::Open => 1,
-            Self::HalfOpen => 2,
-        }
-    }
-}
-
 /// Why the breaker refused an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// The breaker is open.
     Open,
     /// The breaker is half-open and its one probe is already running.
     ProbeInFlight,
 }
 
-/// Settings of the breaker.
-#[derive(Debug, Clone)]
-pub struct BreakerConfig {
-    /// Consecutive failures that open the breaker.
-    pub consecutive_failures: u32,
-    /// Success rate under which the breaker opens (0..=1).
-    pub min_success_rate: f64,
-    /// Calls needed in the window before the rate can open it.
-    pub min_calls: u32,
-    /// Window of the success rate (whole seconds; failsafe's resolution).
-    pub window: Duration,
-    /// First open period.
-    pub open: Duration,
-    /// Longest open period.
-    pub max_open: Duration,
+/// What one attempt says about the upstream's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It answered as a healthy upstream does.
+    Healthy,
+    /// It is sick: connect error, reset, timeout, 5xx, malformed body, mass disagreement.
+    Sick,
+    /// Says nothing about its health (a 4xx for one input, one disagreement): not recorded.
+    Neutral,
 }
 
-/// Open durations that double from `open` to `max_open`, at millisecond resolution.
+/// Settings of the breaker.
 #[derive(Debug, Clone)]
-pub struct OpenDurations {
+pub(crate) struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub(crate) consecutive_failures: u32,
+    /// Success rate under which the breaker opens (0..=1).
+    pub(crate) min_success_rate: f64,
+    /// Calls needed in the window before the rate can open it.
+    pub(crate) min_calls: u32,
+    /// Window of the success rate (whole seconds; failsafe's resolution).
+    pub(crate) window: Duration,
+    /// First open period.
+    pub(crate) open: Duration,
+    /// Longest open period.
+    pub(crate) max_open: Duration,
+}
+
+/// Open durations that double from `open` to `max_open`, at millisecond resolution (failsafe's
+/// own backoffs work in whole seconds).
+#[derive(Debug, Clone)]
+pub(crate) struct OpenDurations {
     /// The next duration to hand out.
     next: Duration,
     /// The cap.
@@ -120,7 +100,7 @@ pub struct OpenDurations {
 
 impl OpenDurations {
     /// Durations starting at `start`, doubling up to `max`.
-    pub fn new(start: Duration, max: Duration) -> Self {
+    pub(crate) fn new(start: Duration, max: Duration) -> Self {
         Self {
             next: start.min(max),
             max,
@@ -133,116 +113,137 @@ impl Iterator for OpenDurations {
 
     fn next(&mut self) -> Option<Duration> {
         let current = self.next;
-        self.next = (current * 2).min(self.max);
+        self.next = current.saturating_mul(2).min(self.max);
         Some(current)
     }
 }
 
 type Policy = OrElse<SuccessRateOverTimeWindow<OpenDurations>, ConsecutiveFailures<OpenDurations>>;
 
-/// State shared between the breaker and failsafe's instrument callbacks.
+/// Where the machine is.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Attempts run.
+    Closed,
+    /// No attempt runs before `until`; `period` is how long this opening lasts.
+    Open { until: Instant, period: Duration },
+    /// One probe may run; `period` is the open period it came from, reused if the policy names
+    /// none for the next opening.
+    HalfOpen {
+        probe_in_flight: bool,
+        period: Duration,
+    },
+}
+
+impl Phase {
+    fn state(self) -> BreakerState {
+        match self {
+            Self::Closed => BreakerState::Closed,
+            Self::Open { .. } => BreakerState::Open,
+            Self::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// The one state and the policies that decide when to trip.
+struct Machine {
+    /// Where the breaker is.
+    phase: Phase,
+    /// failsafe's trip decision, fed verdicts.
+    policy: Policy,
+}
+
+/// The breaker's metric families.
 #[derive(Debug)]
-struct Shared {
-    /// The state rebuilt from the callbacks (a [`BreakerState`] as u8).
-    state: AtomicU8,
-    /// The half-open probe gate: true while a probe runs.
-    probe_in_flight: AtomicBool,
-    /// Attempts refused, for `/status`.
-    rejected: AtomicU64,
-    /// Times the breaker opened, for `/status`.
-    trips: AtomicU64,
-    /// Metrics to keep in step with the state.
-    metrics: Arc<Metrics>,
-    /// Reference point of `next_open_check_us`.
-    epoch: std::time::Instant,
-    /// While open, [`Breaker::admits`] asks failsafe (and takes its lock) at most once per
-    /// [`OPEN_RECHECK`]; when shoutcloud is down every request passes here.
-    next_open_check_us: AtomicU64,
+struct BreakerMetrics {
+    /// `shout_breaker_state{state}`: 1 for the current state, 0 for the others.
+    state: IntGaugeVec,
+    /// `shout_breaker_transitions_total{state}`, by target state.
+    transitions: IntCounterVec,
+    /// `shout_breaker_rejected_total`.
+    rejected: IntCounter,
 }
 
-/// How often an open breaker's pre-check asks failsafe whether the open period is over. It
-/// delays the half-open probe by at most this much.
-const OPEN_RECHECK: Duration = Duration::from_millis(1);
-
-impl Shared {
-    fn transition(&self, to: BreakerState) {
-        let from = BreakerState::from_u8(self.state.swap(to.to_u8(), Ordering::AcqRel));
-        if from == to {
-            return;
+impl BreakerMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "shout_breaker_state",
+                "Circuit breaker state: 1 for the current state, 0 for the others.",
+            ),
+            &["state"],
+        )?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "shout_breaker_transitions_total",
+                "Circuit breaker transitions by target state.",
+            ),
+            &["state"],
+        )?;
+        let rejected = IntCounter::new(
+            "shout_breaker_rejected_total",
+            "Upstream attempts refused by the circuit breaker.",
+        )?;
+        registry.register(Box::new(state.clone()))?;
+        registry.register(Box::new(transitions.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        for s in BreakerState::iter() {
+            let label: &'static str = s.into();
+            transitions.with_label_values(&[label]);
         }
-        self.metrics.breaker_transition(from, to);
-        match to {
-            BreakerState::Open => {
-                self.trips.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    from = from.as_str(),
-                    to = to.as_str(),
-                    "circuit breaker opened: upstream calls stop; answers come from the fallback"
-                );
-            }
-            BreakerState::HalfOpen => {
-                tracing::info!(
-                    from = from.as_str(),
-                    to = to.as_str(),
-                    "circuit breaker half-open: one probe goes to the upstream"
-                );
-            }
-            BreakerState::Closed => {
-                tracing::info!(
-                    from = from.as_str(),
-                    to = to.as_str(),
-                    "circuit breaker closed: upstream calls resume"
-                );
-            }
+        let metrics = Self {
+            state,
+            transitions,
+            rejected,
+        };
+        metrics.show(BreakerState::Closed);
+        Ok(metrics)
+    }
+
+    fn show(&self, current: BreakerState) {
+        for s in BreakerState::iter() {
+            let label: &'static str = s.into();
+            self.state
+                .with_label_values(&[label])
+                .set(i64::from(s == current));
         }
     }
 }
 
-/// failsafe's `Instrument`: rebuilds the state from its callbacks.
-#[derive(Debug, Clone)]
-struct Transitions(Arc<Shared>);
+/// Shared by every clone of the breaker.
+struct Inner {
+    /// The state machine.
+    machine: Mutex<Machine>,
+    /// Its metrics.
+    metrics: BreakerMetrics,
+}
 
-impl failsafe::Instrument for Transitions {
-    fn on_call_rejected(&self) {}
-
-    fn on_open(&self) {
-        self.0.transition(BreakerState::Open);
-    }
-
-    fn on_half_open(&self) {
-        self.0.transition(BreakerState::HalfOpen);
-    }
-
-    fn on_closed(&self) {
-        self.0.transition(BreakerState::Closed);
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker").finish_non_exhaustive()
     }
 }
 
-/// The circuit breaker guarding the upstream.
+/// The circuit breaker guarding the upstream; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Breaker {
-    /// failsafe's state machine: failure accounting and open periods.
-    machine: StateMachine<Policy, Transitions>,
-    /// Our state, gate and counters.
-    shared: Arc<Shared>,
+pub(crate) struct Breaker {
+    inner: Arc<Inner>,
 }
 
 /// A snapshot of the breaker for `/status`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BreakerSnapshot {
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct BreakerSnapshot {
     /// Current state.
-    pub state: BreakerState,
+    pub(crate) state: BreakerState,
     /// Whether a half-open probe is running.
-    pub probe_in_flight: bool,
-    /// Attempts refused since start.
-    pub rejected: u64,
-    /// Times it opened since start.
-    pub trips: u64,
+    pub(crate) probe_in_flight: bool,
+    /// Time left in the open period, in milliseconds (0 unless open).
+    pub(crate) open_ms_left: u64,
 }
 
 impl Breaker {
-    /// Builds a closed breaker.
-    pub fn new(config: &BreakerConfig, metrics: Arc<Metrics>) -> Self {
+    /// A closed breaker whose metrics are registered on `registry`.
+    pub(crate) fn new(config: &BreakerConfig, registry: &Registry) -> prometheus::Result<Self> {
         let durations = OpenDurations::new(config.open, config.max_open);
         let policy = success_rate_over_time_window(
             config.min_success_rate,
@@ -251,140 +252,212 @@ impl Breaker {
             durations.clone(),
         )
         .or_else(consecutive_failures(config.consecutive_failures, durations));
-        metrics.breaker_transition(BreakerState::Closed, BreakerState::Closed);
-        let shared = Arc::new(Shared {
-            state: AtomicU8::new(BreakerState::Closed.to_u8()),
-            probe_in_flight: AtomicBool::new(false),
-            rejected: AtomicU64::new(0),
-            trips: AtomicU64::new(0),
-            metrics,
-            epoch: std::time::Instant::now(),
-            next_open_check_us: AtomicU64::new(0),
-        });
-        let machine = failsafe::Config::new()
-            .failure_policy(policy)
-            .instrument(Transitions(shared.clone()))
-            .build();
-        Self { machine, shared }
-    }
-
-    /// Asks to run one attempt. The returned permit must be given the attempt's result.
-    pub fn permit(&self) -> Result<Permit, Rejection> {
-        if !self.machine.is_call_permitted() {
-            return Err(self.reject(Rejection::Open));
-        }
-        let state = BreakerState::from_u8(self.shared.state.load(Ordering::Acquire));
-        let is_probe = state != BreakerState::Closed;
-        if is_probe
-            && self
-                .shared
-                .probe_in_flight
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return Err(self.reject(Rejection::ProbeInFlight));
-        }
-        Ok(Permit {
-            breaker: self.clone(),
-            is_probe,
-            recorded: false,
+        Ok(Self {
+            inner: Arc::new(Inner {
+                machine: Mutex::new(Machine {
+                    phase: Phase::Closed,
+                    policy,
+                }),
+                metrics: BreakerMetrics::register(registry)?,
+            }),
         })
     }
 
-    /// Whether an attempt would be permitted now, without taking a permit: the cheap pre-check
-    /// that lets an open breaker answer from the fallback before any work is spawned. It still
-    /// moves an expired open period to half-open, so the probe is not delayed.
-    pub fn admits(&self) -> Result<(), Rejection> {
-        // Closed, failsafe admits every call, and the attempt's `permit` asks it anyway: no need
-        // to take its lock twice per miss.
-        if self.state() == BreakerState::Closed {
-            return Ok(());
-        }
-        if self.state() == BreakerState::Open {
-            let now = u64::try_from(self.shared.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-            if now < self.shared.next_open_check_us.load(Ordering::Relaxed) {
-                return Err(self.reject(Rejection::Open));
-            }
-            let next = now.saturating_add(OPEN_RECHECK.as_micros() as u64);
-            self.shared
-                .next_open_check_us
-                .store(next, Ordering::Relaxed);
-        }
-        if !self.machine.is_call_permitted() {
-            return Err(self.reject(Rejection::Open));
-        }
-        if self.state() != BreakerState::Closed
-            && self.shared.probe_in_flight.load(Ordering::Acquire)
+    fn lock(&self) -> MutexGuard<'_, Machine> {
+        // Every transition is a single assignment of `phase`, so a panic elsewhere cannot leave
+        // the machine half-changed: a poisoned lock is used as is.
+        let mut machine = self
+            .inner
+            .machine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.settle(&mut machine);
+        machine
+    }
+
+    /// Moves an open breaker whose period has passed to half-open.
+    fn settle(&self, machine: &mut Machine) {
+        if let Phase::Open { until, period } = machine.phase
+            && Instant::now() >= until
         {
-            return Err(self.reject(Rejection::ProbeInFlight));
+            self.go(
+                machine,
+                Phase::HalfOpen {
+                    probe_in_flight: false,
+                    period,
+                },
+            );
         }
-        Ok(())
     }
 
-    fn reject(&self, why: Rejection) -> Rejection {
-        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-        self.shared.metrics.breaker_rejected.inc();
-        why
+    /// The one place the phase changes; logs and counts a change of state once.
+    fn go(&self, machine: &mut Machine, to: Phase) {
+        let from = machine.phase.state();
+        machine.phase = to;
+        let to = to.state();
+        if from == to {
+            return;
+        }
+        let (from_label, to_label): (&'static str, &'static str) = (from.into(), to.into());
+        self.inner
+            .metrics
+            .transitions
+            .with_label_values(&[to_label])
+            .inc();
+        self.inner.metrics.show(to);
+        match to {
+            BreakerState::Open => tracing::warn!(
+                from = from_label,
+                to = to_label,
+                "circuit breaker opened: upstream calls stop; answers come from the fallback"
+            ),
+            BreakerState::HalfOpen => tracing::info!(
+                from = from_label,
+                to = to_label,
+                "circuit breaker half-open: one probe may go to the upstream"
+            ),
+            BreakerState::Closed => tracing::info!(
+                from = from_label,
+                to = to_label,
+                "circuit breaker closed: upstream calls resume"
+            ),
+        }
     }
 
-    /// The current state.
-    pub fn state(&self) -> BreakerState {
-        BreakerState::from_u8(self.shared.state.load(Ordering::Acquire))
+    /// Asks to run one attempt: the only breaker check on the request path. The permit must be
+    /// given the attempt's verdict.
+    pub(crate) fn try_acquire(&self) -> Result<Permit, Rejection> {
+        let mut machine = self.lock();
+        let rejection = match machine.phase {
+            Phase::Closed => {
+                return Ok(Permit {
+                    breaker: self.clone(),
+                    is_probe: false,
+                    recorded: false,
+                });
+            }
+            Phase::HalfOpen {
+                probe_in_flight: false,
+                period,
+            } => {
+                machine.phase = Phase::HalfOpen {
+                    probe_in_flight: true,
+                    period,
+                };
+                return Ok(Permit {
+                    breaker: self.clone(),
+                    is_probe: true,
+                    recorded: false,
+                });
+            }
+            Phase::HalfOpen { .. } => Rejection::ProbeInFlight,
+            Phase::Open { .. } => Rejection::Open,
+        };
+        drop(machine);
+        self.inner.metrics.rejected.inc();
+        Err(rejection)
     }
 
-    /// Counters and state for operators.
-    pub fn snapshot(&self) -> BreakerSnapshot {
+    fn record(&self, is_probe: bool, verdict: Verdict) {
+        let mut machine = self.lock();
+        let now = Instant::now();
+        match (machine.phase, verdict) {
+            (Phase::Closed, Verdict::Healthy) => machine.policy.record_success(),
+            (Phase::Closed, Verdict::Sick) => {
+                if let Some(period) = machine.policy.mark_dead_on_failure() {
+                    self.go(&mut machine, open_for(now, period));
+                }
+            }
+            (Phase::HalfOpen { period, .. }, verdict) if is_probe => match verdict {
+                Verdict::Healthy => {
+                    machine.policy.revived();
+                    self.go(&mut machine, Phase::Closed);
+                }
+                Verdict::Sick => {
+                    let period = machine.policy.mark_dead_on_failure().unwrap_or(period);
+                    self.go(&mut machine, open_for(now, period));
+                }
+                // The probe learned nothing: free it so the next caller probes.
+                Verdict::Neutral => {
+                    machine.phase = Phase::HalfOpen {
+                        probe_in_flight: false,
+                        period,
+                    };
+                }
+            },
+            // Neutral verdicts, and late results of attempts admitted before the breaker
+            // opened: they say nothing about the current period.
+            _ => {}
+        }
+    }
+
+    /// The current state, settled against the clock.
+    pub(crate) fn state(&self) -> BreakerState {
+        self.lock().phase.state()
+    }
+
+    /// Settles the state against the clock and refreshes the state gauge (called at scrape).
+    pub(crate) fn refresh(&self) {
+        let state = self.state();
+        self.inner.metrics.show(state);
+    }
+
+    /// State and probe for operators.
+    pub(crate) fn snapshot(&self) -> BreakerSnapshot {
+        let machine = self.lock();
+        let (probe_in_flight, open_ms_left) = match machine.phase {
+            Phase::Closed => (false, 0),
+            Phase::Open { until, .. } => (
+                false,
+                u64::try_from(until.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(u64::MAX),
+            ),
+            Phase::HalfOpen {
+                probe_in_flight, ..
+            } => (probe_in_flight, 0),
+        };
         BreakerSnapshot {
-            state: self.state(),
-            probe_in_flight: self.shared.probe_in_flight.load(Ordering::Acquire),
-            rejected: self.shared.rejected.load(Ordering::Relaxed),
-            trips: self.shared.trips.load(Ordering::Relaxed),
+            state: machine.phase.state(),
+            probe_in_flight,
+            open_ms_left,
         }
     }
 }
 
-/// Permission to run one attempt; record its result with [`Permit::success`] or
-/// [`Permit::failure`], or give it back unused with [`Permit::cancel`]. Dropping it unrecorded
-/// records a failure (the attempt was cut short).
+fn open_for(now: Instant, period: Duration) -> Phase {
+    Phase::Open {
+        // An open period too long for the clock is as good as forever; the cap keeps it sane.
+        until: now
+            .checked_add(period)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365)),
+        period,
+    }
+}
+
+/// Permission to run one attempt; give it the attempt's verdict with [`Permit::record`].
+/// Dropping it without one records a failure (the attempt was cut short) and frees the probe.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     /// The breaker to report to.
     breaker: Breaker,
-    /// Whether this attempt holds the half-open probe gate.
+    /// Whether this attempt is the half-open probe.
     is_probe: bool,
-    /// Whether a result was recorded already.
+    /// Whether a verdict was recorded already.
     recorded: bool,
 }
 
 impl Permit {
-    /// Records a successful attempt.
-    pub fn success(mut self) {
+    /// Records the attempt's verdict.
+    pub(crate) fn record(mut self, verdict: Verdict) {
         self.recorded = true;
-        self.breaker.machine.on_success();
-    }
-
-    /// Records a failed attempt.
-    pub fn failure(mut self) {
-        self.recorded = true;
-        self.breaker.machine.on_error();
-    }
-
-    /// Gives the permit back unused: the attempt did not run, so nothing is recorded.
-    pub fn cancel(mut self) {
-        self.recorded = true;
+        self.breaker.record(self.is_probe, verdict);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker.machine.on_error();
-        }
-        if self.is_probe {
-            self.breaker
-                .shared
-                .probe_in_flight
-                .store(false, Ordering::Release);
+            self.breaker.record(self.is_probe, Verdict::Sick);
         }
     }
 }
@@ -404,78 +477,201 @@ mod tests {
         }
     }
 
-    fn breaker(open_ms: u64) -> Breaker {
-        Breaker::new(&config(open_ms), Arc::new(Metrics::new()))
+    fn breaker(open_ms: u64) -> (Breaker, Registry) {
+        let registry = Registry::new();
+        let breaker = Breaker::new(&config(open_ms), &registry).expect("registers");
+        (breaker, registry)
     }
 
     fn fail_n(breaker: &Breaker, n: usize) {
         for _ in 0..n {
-            breaker.permit().expect("permitted").failure();
+            breaker
+                .try_acquire()
+                .expect("permitted")
+                .record(Verdict::Sick);
         }
     }
 
-    #[test]
-    fn opens_after_consecutive_failures_and_rejects() {
-        failsafe::clock::freeze(|_clock| {
-            let breaker = breaker(500);
-            fail_n(&breaker, 2);
-            assert_eq!(breaker.state(), BreakerState::Closed);
-            fail_n(&breaker, 1);
-            assert_eq!(breaker.state(), BreakerState::Open);
-            assert_eq!(breaker.permit().unwrap_err(), Rejection::Open);
-            assert_eq!(breaker.snapshot().rejected, 1);
-        });
+    /// The sample of `name{state=...}`, gauge or counter; -1 when absent.
+    fn sample(registry: &Registry, name: &str, state: &str) -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().iter())
+            .find(|metric| metric.get_label().iter().any(|l| l.value() == state))
+            .map_or(-1.0, |metric| {
+                if name.ends_with("_total") {
+                    metric.get_counter().value()
+                } else {
+                    metric.get_gauge().value()
+                }
+            })
     }
 
-    #[test]
-    fn half_open_admits_exactly_one_probe_at_a_time() {
-        failsafe::clock::freeze(|clock| {
-            let breaker = breaker(500);
-            fail_n(&breaker, 3);
-            clock.advance(Duration::from_millis(501));
-            let probe = breaker.permit().expect("the probe");
-            assert_eq!(breaker.state(), BreakerState::HalfOpen);
-            for _ in 0..10 {
-                assert_eq!(breaker.permit().unwrap_err(), Rejection::ProbeInFlight);
-            }
-            probe.success();
-            assert_eq!(breaker.state(), BreakerState::Closed);
-            let a = breaker.permit().expect("closed admits all");
-            let b = breaker.permit().expect("closed admits all");
-            a.success();
-            b.success();
-        });
+    fn rejected(registry: &Registry) -> f64 {
+        registry
+            .gather()
+            .iter()
+            .find(|family| family.name() == "shout_breaker_rejected_total")
+            .map_or(-1.0, |family| family.get_metric()[0].get_counter().value())
     }
 
-    #[test]
-    fn a_failed_probe_reopens_for_a_doubled_period() {
-        failsafe::clock::freeze(|clock| {
-            let breaker = breaker(500);
-            fail_n(&breaker, 3);
-            clock.advance(Duration::from_millis(501));
-            breaker.permit().expect("the probe").failure();
-            assert_eq!(breaker.state(), BreakerState::Open);
-            clock.advance(Duration::from_millis(600));
-            assert_eq!(
-                breaker.permit().unwrap_err(),
-                Rejection::Open,
-                "second period is 1000 ms"
-            );
-            clock.advance(Duration::from_millis(401));
-            assert!(breaker.permit().is_ok());
-        });
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_and_rejects() {
+        let (breaker, registry) = breaker(500);
+        fail_n(&breaker, 2);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        fail_n(&breaker, 1);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(breaker.try_acquire().unwrap_err(), Rejection::Open);
+        assert_eq!(rejected(&registry), 1.0);
+        assert_eq!(sample(&registry, "shout_breaker_state", "open"), 1.0);
+        assert_eq!(sample(&registry, "shout_breaker_state", "closed"), 0.0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn neutral_verdicts_never_trip_it() {
+        let (breaker, _registry) = breaker(500);
+        for _ in 0..100 {
+            breaker
+                .try_acquire()
+                .expect("closed")
+                .record(Verdict::Neutral);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_open_breaker_is_half_open_once_its_period_passed() {
+        let (breaker, registry) = breaker(500);
+        fail_n(&breaker, 3);
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert_eq!(breaker.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // No call arrived; a scrape alone sees the new state.
+        breaker.refresh();
+        assert_eq!(sample(&registry, "shout_breaker_state", "open"), 0.0);
+        assert_eq!(sample(&registry, "shout_breaker_state", "half_open"), 1.0);
+        assert_eq!(breaker.snapshot().state, BreakerState::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_exactly_one_probe_then_closes_on_success() {
+        let (breaker, _registry) = breaker(500);
+        fail_n(&breaker, 3);
+        tokio::time::advance(Duration::from_millis(501)).await;
+        let probe = breaker.try_acquire().expect("the probe");
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.snapshot().probe_in_flight);
+        for _ in 0..10 {
+            assert_eq!(breaker.try_acquire().unwrap_err(), Rejection::ProbeInFlight);
+        }
+        probe.record(Verdict::Healthy);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        let a = breaker.try_acquire().expect("closed admits all");
+        let b = breaker.try_acquire().expect("closed admits all");
+        a.record(Verdict::Healthy);
+        b.record(Verdict::Healthy);
+        // Revived: the failure count starts over.
+        fail_n(&breaker, 2);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_for_a_doubled_period() {
+        let (breaker, registry) = breaker(500);
+        fail_n(&breaker, 3);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        breaker
+            .try_acquire()
+            .expect("the probe")
+            .record(Verdict::Sick);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(breaker.try_acquire().unwrap_err(), Rejection::Open);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        breaker
+            .try_acquire()
+            .expect("second period is 1000 ms")
+            .record(Verdict::Healthy);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(
+            sample(&registry, "shout_breaker_transitions_total", "open"),
+            2.0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_neutral_probe_frees_the_probe_and_stays_half_open() {
+        let (breaker, _registry) = breaker(500);
+        fail_n(&breaker, 3);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        breaker
+            .try_acquire()
+            .expect("the probe")
+            .record(Verdict::Neutral);
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.try_acquire().is_ok(), "the next caller probes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_counts_as_failure_and_frees_the_gate() {
+        let (breaker, _registry) = breaker(500);
+        fail_n(&breaker, 3);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drop(breaker.try_acquire().expect("the probe"));
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(!breaker.snapshot().probe_in_flight);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_failure_of_an_attempt_admitted_while_closed_does_not_extend_the_open_period() {
+        let (breaker, _registry) = breaker(500);
+        let late = breaker.try_acquire().expect("closed");
+        fail_n(&breaker, 3);
+        tokio::time::advance(Duration::from_millis(400)).await;
+        late.record(Verdict::Sick);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    }
+
+    // Threads race on the real clock here: outside a runtime tokio's `Instant` is std's.
     #[test]
-    fn a_dropped_probe_counts_as_failure_and_frees_the_gate() {
-        failsafe::clock::freeze(|clock| {
-            let breaker = breaker(500);
-            fail_n(&breaker, 3);
-            clock.advance(Duration::from_millis(501));
-            drop(breaker.permit().expect("the probe"));
-            assert_eq!(breaker.state(), BreakerState::Open);
-            assert!(!breaker.snapshot().probe_in_flight);
-        });
+    fn concurrent_callers_get_exactly_one_probe() {
+        let (breaker, _registry) = breaker(1);
+        fail_n(&breaker, 3);
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a plain test thread, no tokio worker"
+        )]
+        std::thread::sleep(Duration::from_millis(5));
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let granted: Vec<usize> = (0..8)
+            .map(|_| {
+                let breaker = breaker.clone();
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut held = Vec::new();
+                    for _ in 0..1000 {
+                        // Hold every permit granted, so a second probe would show.
+                        if let Ok(permit) = breaker.try_acquire() {
+                            held.push(permit);
+                        }
+                    }
+                    let granted = held.len();
+                    for permit in held {
+                        std::mem::forget(permit);
+                    }
+                    granted
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().expect("no panic"))
+            .collect();
+        assert_eq!(granted.iter().sum::<usize>(), 1, "{granted:?}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ struct Slot {
 
 /// Sliding-window retry budget.
 #[derive(Debug)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     /// Fraction of first attempts that may be retried.
     ratio: f64,
     /// Floor retries allowed per second.
@@ -54,13 +54,13 @@ pub struct RetryBudget {
 
 /// A snapshot of the budget for `/status`.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct BudgetSnapshot {
+pub(crate) struct BudgetSnapshot {
     /// First attempts in the window.
-    pub deposits: u64,
+    pub(crate) deposits: u64,
     /// Retries granted in the window.
-    pub withdrawals: u64,
+    pub(crate) withdrawals: u64,
     /// Retries available now: what traffic earned and is unspent, plus this second's floor.
-    pub available: u64,
+    pub(crate) available: u64,
 }
 
 /// Totals over the window.
@@ -74,7 +74,7 @@ struct Totals {
 impl RetryBudget {
     /// A budget allowing `ratio` retries per first attempt over `window`, plus `min_per_sec`
     /// retries in any one second.
-    pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Self {
+    pub(crate) fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Self {
         Self {
             ratio,
             min_per_sec,
@@ -138,7 +138,7 @@ impl RetryBudget {
     }
 
     /// Records a first attempt.
-    pub fn deposit(&self) {
+    pub(crate) fn deposit(&self) {
         let mut slots = self.lock();
         self.rotate(&mut slots);
         if let Some(slot) = slots.back_mut() {
@@ -147,7 +147,7 @@ impl RetryBudget {
     }
 
     /// Takes one retry from the budget; `false` when the budget is spent.
-    pub fn try_withdraw(&self) -> bool {
+    pub(crate) fn try_withdraw(&self) -> bool {
         let mut slots = self.lock();
         self.rotate(&mut slots);
         let totals = Self::totals(&slots);
@@ -166,7 +166,7 @@ impl RetryBudget {
     }
 
     /// The window's counts, for operators.
-    pub fn snapshot(&self) -> BudgetSnapshot {
+    pub(crate) fn snapshot(&self) -> BudgetSnapshot {
         let mut slots = self.lock();
         self.rotate(&mut slots);
         let totals = Self::totals(&slots);

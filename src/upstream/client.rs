@@ -1,109 +1,239 @@
-//! The retrying shoutcloud client: reqwest + reqwest-middleware + reqwest-retry, with the
-//! circuit breaker, the retry budget and validation inside the retry loop.
+//! The shoutcloud call: a plain attempt loop over reqwest, bounded by the caller's deadline.
 //!
-//! # The middleware stack, outermost first
+//! # One pass of the loop, in order
 //!
-//! 1. `RetryTransientMiddleware` (reqwest-retry): exponential backoff with full jitter between
-//!    explicit bounds; asks [`Classifier`] whether a failure is worth another attempt.
-//! 2. [`AttemptMiddleware`], once per attempt, in this order: deadline (no attempt starts past
-//!    it), breaker permit (an open circuit stops retries at once, because reqwest-retry treats a
-//!    middleware error as final when our classifier says so), budget (a retry must be paid for;
-//!    charged last so a retry stopped before it is free), then the attempt itself under a timeout of `min(attempt timeout, time left)` so the
-//!    breaker always sees a result, then validation of the answer, then `Retry-After`.
+//! 1. **Backoff** (from the second pass): reqwest-retry's `ExponentialBackoff` with full jitter
+//!    computes the wait, and decides when retries are over. A `Retry-After` on a 429/503 makes
+//!    the wait at least that long; a wait that would not end before the deadline ends the call
+//!    at once (reason `deadline`). Every comparison is against the time left, so no header value
+//!    can overflow the clock.
+//! 2. **Breaker permit**: the only breaker check on the request path ([`Breaker::try_acquire`]).
+//! 3. **Retry budget**: a first attempt deposits, a retry must withdraw.
+//! 4. **Timed attempt**: `min(attempt timeout, time left)`; the body is read whole, bounded.
+//! 5. **Validation**: `OUTPUT` is used only when byte-equal to our own answer.
+//! 6. **Classification** ([`AttemptOutcome`]): what is retried, what the breaker hears.
 //!
-//! Every failure leaves the middleware as an [`UpstreamError`] wrapped in
-//! `reqwest_middleware::Error::Middleware`, so there is one classification
-//! ([`UpstreamError::is_transient`]) rather than one per error type. The per-call state
-//! (deadline, attempt count, the validated answer, the last cause) travels in the request's
-//! `Extensions`, which reqwest-retry hands to every attempt.
+//! The deadline is the loop's: every wait in it is bounded by the time left, so the call ends
+//! by the deadline without an outer timer. A disagreement on one input is not a breaker failure;
+//! disagreements are only when most recent answers disagree ([`Disagreements`]), which is what
+//! a broken or compromised upstream looks like.
 //!
-//! reqwest-retry ignores `Retry-After` (its issue #146). A 429 or 503 that carries one is
-//! honoured here: when the wait would pass the deadline the call ends at once (the fallback
-//! answers); otherwise the attempt waits it out before reqwest-retry's own backoff.
+//! Nothing of the caller's trace context is sent: the client span is a child of the server span
+//! through `tracing`, and only with `--upstream-trace-propagation` does our own client span's
+//! `traceparent` (never `tracestate`) go out. Upstream bodies are never logged: lengths and a
+//! short hash are.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
-use http::Extensions;
-use reqwest::{Request, Response, StatusCode, Url};
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use bytes::Bytes;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
+use reqwest::{StatusCode, Url};
 use reqwest_retry::policies::ExponentialBackoff;
-use reqwest_retry::{Jitter, RetryTransientMiddleware, Retryable, RetryableStrategy};
+use reqwest_retry::{Jitter, RetryDecision, RetryPolicy};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::metrics::Metrics;
-use crate::shout::transform::is_valid_shout;
-use crate::telemetry::CallerContext;
-use crate::upstream::breaker::Breaker;
+use crate::metrics::{ByLabel, DURATION_BUCKETS};
+use crate::upstream::breaker::{Breaker, Verdict};
 use crate::upstream::budget::RetryBudget;
-use crate::upstream::error::{AttemptOutcome, UpstreamError};
+use crate::upstream::outcome::{AttemptOutcome, FallbackReason};
 
-/// Largest upstream answer read; a longer one is invalid. Inputs are bounded by the public body
-/// limit, so a legitimate answer is far smaller.
+/// Largest upstream answer read; a longer one is malformed. Inputs are bounded by the public
+/// body limit, so a legitimate answer is far smaller.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// Settings of the client.
 #[derive(Debug, Clone)]
-pub struct ClientConfig {
+pub(crate) struct ClientConfig {
     /// The shoutcloud endpoint.
-    pub url: Url,
+    pub(crate) url: Url,
     /// Timeout of one attempt.
-    pub attempt_timeout: Duration,
+    pub(crate) attempt_timeout: Duration,
     /// TCP connect timeout.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Most retries per call.
-    pub retry_max: u32,
+    pub(crate) retry_max: u32,
     /// Backoff bounds.
-    pub min_backoff: Duration,
+    pub(crate) min_backoff: Duration,
     /// Backoff bounds.
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    /// Extra trusted roots for an `https://` upstream (PEM).
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    /// Send our client span's `traceparent` upstream.
+    pub(crate) trace_propagation: bool,
 }
 
-/// Per-call state carried through the middleware stack in the request's extensions.
-#[derive(Debug, Clone)]
-struct CallState {
-    /// The string sent as `INPUT`, to validate `OUTPUT` against.
-    input: Arc<str>,
-    /// When the overall deadline passes.
-    deadline: Instant,
-    /// The caller's trace context, passed on when we trace nothing ourselves.
-    caller: CallerContext,
-    /// Attempts started (the first is not a retry).
-    attempts: u32,
-    /// The validated `OUTPUT`, once an attempt succeeded.
-    output: Option<String>,
-    /// The cause of the latest failure.
-    last_error: Option<UpstreamError>,
-}
-
-/// What a call to the upstream produced.
+/// The client's metric families.
 #[derive(Debug)]
-pub struct CallReport {
-    /// The validated capitalization, or the cause of the last failure.
-    pub result: Result<String, UpstreamError>,
-    /// Attempts that were started.
-    pub attempts: u32,
+struct UpstreamMetrics {
+    /// `shout_upstream_attempts_total{outcome}`.
+    attempts: ByLabel<AttemptOutcome, IntCounter>,
+    /// `shout_upstream_attempt_duration_seconds{outcome}`.
+    durations: ByLabel<AttemptOutcome, Histogram>,
+    /// `shout_upstream_retries_total`.
+    retries: IntCounter,
+    /// `shout_upstream_retry_budget_exhausted_total`.
+    budget_exhausted: IntCounter,
+    /// `shout_upstream_disagreements_total`.
+    disagreements: IntCounter,
 }
 
-/// The resilient shoutcloud client.
-#[derive(Debug, Clone)]
-pub struct UpstreamClient {
-    /// reqwest with the retry and attempt middlewares.
-    client: ClientWithMiddleware,
+impl UpstreamMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "shout_upstream_attempts_total",
+                "Upstream (shoutcloud) attempts by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "shout_upstream_attempt_duration_seconds",
+                "Duration of upstream attempts by outcome.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["outcome"],
+        )?;
+        let retries = IntCounter::new("shout_upstream_retries_total", "Upstream retries granted.")?;
+        let budget_exhausted = IntCounter::new(
+            "shout_upstream_retry_budget_exhausted_total",
+            "Retries refused because the retry budget was spent.",
+        )?;
+        let disagreements = IntCounter::new(
+            "shout_upstream_disagreements_total",
+            "Upstream answers whose OUTPUT was not byte-equal to our answer.",
+        )?;
+        registry.register(Box::new(attempts.clone()))?;
+        registry.register(Box::new(durations.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(budget_exhausted.clone()))?;
+        registry.register(Box::new(disagreements.clone()))?;
+        Ok(Self {
+            attempts: ByLabel::new(|label| attempts.with_label_values(&[label])),
+            durations: ByLabel::new(|label| durations.with_label_values(&[label])),
+            retries,
+            budget_exhausted,
+            disagreements,
+        })
+    }
+}
+
+/// The recent share of answers that disagreed in their letters, not only their case mapping.
+///
+/// One disagreement says something about one input (shoutcloud's Unicode tables are older than
+/// ours); a majority of them over a window says the upstream is broken. Ten one-second slots;
+/// at least [`Disagreements::MIN_ANSWERS`] answers before the ratio counts.
+#[derive(Debug)]
+struct Disagreements {
+    /// (second, answers, gross disagreements), oldest first.
+    slots: Mutex<VecDeque<(u64, u32, u32)>>,
+    /// Reference point of the slot numbering.
+    start: Instant,
+}
+
+impl Disagreements {
+    const WINDOW_SECS: u64 = 10;
+    const MIN_ANSWERS: u32 = 20;
+
+    fn new() -> Self {
+        Self {
+            slots: Mutex::new(VecDeque::new()),
+            start: Instant::now(),
+        }
+    }
+
+    /// Records a well-formed answer; returns whether most recent answers disagreed grossly.
+    fn record(&self, gross: bool) -> bool {
+        let now = Instant::now()
+            .saturating_duration_since(self.start)
+            .as_secs();
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while slots
+            .front()
+            .is_some_and(|&(second, _, _)| second + Self::WINDOW_SECS <= now)
+        {
+            slots.pop_front();
+        }
+        if slots.back().is_none_or(|&(second, _, _)| second != now) {
+            slots.push_back((now, 0, 0));
+        }
+        if let Some(slot) = slots.back_mut() {
+            slot.1 = slot.1.saturating_add(1);
+            slot.2 = slot.2.saturating_add(u32::from(gross));
+        }
+        let (answers, gross_total) = slots.iter().fold((0u32, 0u32), |(a, g), &(_, sa, sg)| {
+            (a.saturating_add(sa), g.saturating_add(sg))
+        });
+        answers >= Self::MIN_ANSWERS && u64::from(gross_total) * 2 > u64::from(answers)
+    }
+}
+
+/// The shoutcloud client and its attempt loop.
+#[derive(Debug)]
+pub(crate) struct UpstreamClient {
+    /// reqwest, no middleware.
+    http: reqwest::Client,
     /// The shoutcloud endpoint.
     url: Url,
+    /// Upper bound of one attempt.
+    attempt_timeout: Duration,
+    /// Backoff delays (full jitter) and the retry count.
+    backoff: ExponentialBackoff,
+    /// Most retries per call.
+    retry_max: u32,
+    /// The circuit breaker.
+    breaker: Breaker,
+    /// The retry budget.
+    budget: RetryBudget,
+    /// The recent disagreement ratio.
+    disagreements: Disagreements,
+    /// Send our client span's `traceparent`.
+    trace_propagation: bool,
+    /// Attempt metrics.
+    metrics: UpstreamMetrics,
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    /// reqwest refused its settings or the CA file.
+    #[error("building the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A metric could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// What one timed attempt produced.
+struct Attempt {
+    outcome: AttemptOutcome,
+    /// A disagreement in the letters themselves, not only their case mapping.
+    gross: bool,
+    /// `Retry-After` of a 429/503.
+    retry_after: Option<Duration>,
 }
 
 impl UpstreamClient {
-    /// Builds the client around a shared breaker and budget.
-    pub fn new(
+    /// Builds the client around a breaker and a budget; registers its metrics.
+    pub(crate) fn new(
         config: &ClientConfig,
         breaker: Breaker,
-        budget: Arc<RetryBudget>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        budget: RetryBudget,
+        registry: &Registry,
+    ) -> Result<Self, BuildError> {
+        // reqwest's rustls needs a process-wide crypto provider; an error only means one is
+        // installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
@@ -111,184 +241,150 @@ impl UpstreamClient {
             // shoutcloud answers directly; following redirects would only add work and a way
             // to send requests elsewhere.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("shout-proxy/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        let policy = ExponentialBackoff::builder()
+            .user_agent(concat!("shout-proxy/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.ca_pem {
+            http = http.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem)?);
+        }
+        let backoff = ExponentialBackoff::builder()
             .retry_bounds(config.min_backoff, config.max_backoff)
             .jitter(Jitter::Full)
             .base(2)
             .build_with_max_retries(config.retry_max);
-        let client = ClientBuilder::new(http)
-            .with(RetryTransientMiddleware::new_with_policy_and_strategy(
-                policy, Classifier,
-            ))
-            .with(AttemptMiddleware {
-                breaker,
-                budget,
-                metrics,
-                attempt_timeout: config.attempt_timeout,
-            })
-            .build();
         Ok(Self {
-            client,
+            http: http.build()?,
             url: config.url.clone(),
+            attempt_timeout: config.attempt_timeout,
+            backoff,
+            retry_max: config.retry_max,
+            breaker,
+            budget,
+            disagreements: Disagreements::new(),
+            trace_propagation: config.trace_propagation,
+            metrics: UpstreamMetrics::register(registry)?,
         })
     }
 
-    /// Asks shoutcloud to capitalize `input`, retrying within `deadline`.
-    pub async fn shout(&self, input: &str, deadline: Instant, caller: CallerContext) -> CallReport {
-        let body = serde_json::json!({ "INPUT": input });
-        let request = match self.client.post(self.url.clone()).json(&body).build() {
-            Ok(request) => request,
-            Err(e) => {
-                return CallReport {
-                    result: Err(UpstreamError::Transport(format!(
-                        "building the request: {e}"
-                    ))),
-                    attempts: 0,
-                };
-            }
-        };
-        let mut extensions = Extensions::new();
-        extensions.insert(CallState {
-            input: Arc::from(input),
-            deadline,
-            caller,
-            attempts: 0,
-            output: None,
-            last_error: None,
-        });
-        let outcome = self
-            .client
-            .execute_with_extensions(request, &mut extensions)
-            .await;
-        let state = extensions.remove::<CallState>();
-        let attempts = state.as_ref().map_or(0, |s| s.attempts);
-        let result = match state {
-            Some(CallState {
-                output: Some(output),
-                ..
-            }) => Ok(output),
-            Some(CallState {
-                last_error: Some(error),
-                ..
-            }) => Err(error),
-            _ => Err(UpstreamError::Transport(match outcome {
-                Err(e) => format!("{e:#}"),
-                Ok(response) => format!("unexpected answer HTTP {}", response.status()),
-            })),
-        };
-        CallReport { result, attempts }
+    /// The breaker, for `/status` and the scrape.
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
-}
 
-/// reqwest-retry's strategy: retry exactly the failures [`UpstreamError::is_transient`] names.
-struct Classifier;
-
-impl RetryableStrategy for Classifier {
-    fn handle(&self, result: &Result<Response, reqwest_middleware::Error>) -> Option<Retryable> {
-        match result {
-            Ok(_) => None,
-            Err(reqwest_middleware::Error::Middleware(e)) => {
-                match e.downcast_ref::<UpstreamError>() {
-                    Some(cause) if cause.is_transient() => Some(Retryable::Transient),
-                    _ => Some(Retryable::Fatal),
-                }
-            }
-            Err(reqwest_middleware::Error::Reqwest(_)) => Some(Retryable::Fatal),
-        }
+    /// The budget, for `/status`.
+    pub(crate) fn budget(&self) -> &RetryBudget {
+        &self.budget
     }
-}
 
-/// Runs once per attempt: budget, deadline, breaker, timed call, validation, `Retry-After`.
-struct AttemptMiddleware {
-    /// Shared circuit breaker.
-    breaker: Breaker,
-    /// Shared retry budget.
-    budget: Arc<RetryBudget>,
-    /// Metrics for attempts, retries and budget refusals.
-    metrics: Arc<Metrics>,
-    /// Upper bound of one attempt.
-    attempt_timeout: Duration,
-}
-
-fn fail(state: &mut CallState, error: UpstreamError) -> reqwest_middleware::Result<Response> {
-    state.last_error = Some(error.clone());
-    Err(reqwest_middleware::Error::Middleware(error.into()))
-}
-
-/// What one timed attempt produced before validation.
-enum Answer {
-    /// Status, headers and the body read in full.
-    Complete(StatusCode, http::HeaderMap, Vec<u8>),
-    /// A failure with its outcome label.
-    Failed(AttemptOutcome, UpstreamError),
-}
-
-#[async_trait::async_trait]
-impl Middleware for AttemptMiddleware {
-    async fn handle(
+    /// Asks shoutcloud to capitalize `reversed` until `deadline`; `Ok` only when it answered
+    /// exactly `expected`, otherwise the reason the fallback answers.
+    pub(crate) async fn call(
         &self,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let Some(mut state) = extensions.get::<CallState>().cloned() else {
-            return Err(reqwest_middleware::Error::Middleware(anyhow::anyhow!(
-                "AttemptMiddleware needs a CallState in the request extensions"
-            )));
-        };
-        let resend_count = state.attempts;
-        state.attempts += 1;
-        let result = self
-            .attempt(request, extensions, next, &mut state, resend_count)
+        reversed: &str,
+        expected: &str,
+        deadline: Instant,
+    ) -> Result<(), FallbackReason> {
+        // Built on the first attempt that runs: a call the breaker refuses costs no JSON.
+        let mut body: Option<Bytes> = None;
+        let started = SystemTime::now();
+        let mut last = FallbackReason::UpstreamError;
+        let mut retry_after = None;
+        for attempt in 0..=self.retry_max {
+            if attempt > 0 {
+                let wait = match self.backoff.should_retry(started, attempt - 1) {
+                    RetryDecision::Retry { execute_after } => execute_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default(),
+                    RetryDecision::DoNotRetry => break,
+                };
+                let wait = retry_after.map_or(wait, |asked: Duration| asked.max(wait));
+                if wait >= deadline.saturating_duration_since(Instant::now()) {
+                    return Err(FallbackReason::Deadline);
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let permit = self
+                .breaker
+                .try_acquire()
+                .map_err(|_| FallbackReason::BreakerOpen)?;
+            if attempt == 0 {
+                self.budget.deposit();
+            } else if self.budget.try_withdraw() {
+                self.metrics.retries.inc();
+            } else {
+                permit.record(Verdict::Neutral);
+                self.metrics.budget_exhausted.inc();
+                return Err(FallbackReason::BudgetExhausted);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                permit.record(Verdict::Neutral);
+                return Err(FallbackReason::Deadline);
+            }
+            let cut_by_deadline = left < self.attempt_timeout;
+            let body = match &body {
+                Some(body) => body.clone(),
+                None => {
+                    // Serializing a string cannot fail; if it did, the upstream is not to blame.
+                    let Ok(json) = serde_json::to_vec(&ShoutRequest { input: reversed }) else {
+                        permit.record(Verdict::Neutral);
+                        return Err(FallbackReason::UpstreamError);
+                    };
+                    body.insert(Bytes::from(json)).clone()
+                }
+            };
+            // Boxed: reqwest's future is kilobytes, and inlined it would be copied with every
+            // load future, including the many that the breaker refuses before any attempt.
+            let result = Box::pin(self.attempt(
+                body,
+                reversed,
+                expected,
+                self.attempt_timeout.min(left),
+                attempt,
+            ))
             .await;
-        extensions.insert(state);
-        result
+            let outcome = result.outcome;
+            let verdict = match outcome {
+                AttemptOutcome::Disagreement | AttemptOutcome::Success => {
+                    let gross = outcome == AttemptOutcome::Disagreement && result.gross;
+                    if self.disagreements.record(gross) && gross {
+                        Verdict::Sick
+                    } else {
+                        outcome.verdict()
+                    }
+                }
+                _ => outcome.verdict(),
+            };
+            permit.record(verdict);
+            if outcome == AttemptOutcome::Success {
+                return Ok(());
+            }
+            if !outcome.is_transient() {
+                return Err(outcome.reason());
+            }
+            last = if outcome == AttemptOutcome::Timeout && cut_by_deadline {
+                FallbackReason::Deadline
+            } else {
+                outcome.reason()
+            };
+            retry_after = result.retry_after;
+        }
+        Err(last)
     }
-}
 
-impl AttemptMiddleware {
+    /// One timed attempt: send, read the whole body, validate, classify.
     async fn attempt(
         &self,
-        mut request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-        state: &mut CallState,
+        body: Bytes,
+        reversed: &str,
+        expected: &str,
+        timeout: Duration,
         resend_count: u32,
-    ) -> reqwest_middleware::Result<Response> {
-        let left = state.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return fail(state, UpstreamError::DeadlineExceeded);
-        }
-        let permit = match self.breaker.permit() {
-            Ok(permit) => permit,
-            Err(rejection) => {
-                tracing::debug!(?rejection, "circuit breaker rejected the upstream attempt");
-                return fail(state, UpstreamError::CircuitOpen(rejection));
-            }
-        };
-        // The budget is charged last, so a retry that the deadline or the breaker stops costs
-        // nothing and is not counted as a retry.
-        if resend_count == 0 {
-            self.budget.deposit();
-        } else if self.budget.try_withdraw() {
-            self.metrics.retries.inc();
-        } else {
-            permit.cancel();
-            self.metrics.retry_budget_exhausted.inc();
-            tracing::debug!("retry refused: retry budget exhausted");
-            return fail(state, UpstreamError::BudgetExhausted);
-        }
-        let timeout = self.attempt_timeout.min(left);
-
+    ) -> Attempt {
         let span = tracing::info_span!(
             "POST",
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             http.request.method = "POST",
-            url.full = %request.url(),
-            server.address = request.url().host_str().unwrap_or_default(),
+            url.full = self.url.as_str(),
             http.request.resend_count = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
@@ -296,139 +392,175 @@ impl AttemptMiddleware {
         if resend_count > 0 {
             span.record("http.request.resend_count", i64::from(resend_count));
         }
-        crate::telemetry::inject_trace_context(&span, &state.caller, request.headers_mut());
-
+        let mut request = self
+            .http
+            .post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if self.trace_propagation
+            && let Some(traceparent) = crate::telemetry::inject_trace_context(&span)
+        {
+            request = request.header("traceparent", traceparent);
+        }
         let started = Instant::now();
-        let answer = tokio::time::timeout(
-            timeout,
-            async {
-                let response = match next.run(request, extensions).await {
-                    Ok(response) => response,
-                    Err(e) => {
-                        return Answer::Failed(
-                            AttemptOutcome::Transport,
-                            UpstreamError::Transport(transport_cause(&e)),
-                        );
-                    }
-                };
-                let status = response.status();
-                let headers = response.headers().clone();
-                match read_limited(response).await {
-                    Ok(body) => Answer::Complete(status, headers, body),
-                    Err(ReadError::TooLarge) => Answer::Failed(
-                        AttemptOutcome::Invalid,
-                        UpstreamError::Invalid(format!(
-                            "answer larger than {MAX_ANSWER_BYTES} bytes"
-                        )),
-                    ),
-                    Err(ReadError::Transport(e)) => {
-                        Answer::Failed(AttemptOutcome::Transport, UpstreamError::Transport(e))
-                    }
-                }
-            }
-            .instrument(span.clone()),
-        )
-        .await
-        .unwrap_or(Answer::Failed(
-            AttemptOutcome::Timeout,
-            UpstreamError::Timeout(timeout),
-        ));
-        let elapsed = started.elapsed().as_secs_f64();
-
-        let (status, headers, body) = match answer {
-            Answer::Complete(status, headers, body) => (status, headers, body),
-            Answer::Failed(outcome, error) => {
-                permit.failure();
-                self.metrics.attempt(outcome, elapsed);
-                span.record("error.type", outcome.as_str());
-                span.record("otel.status_code", "ERROR");
-                return fail(state, error);
+        let answer = tokio::time::timeout(timeout, exchange(request))
+            .instrument(span.clone())
+            .await;
+        let (outcome, gross, retry_after) = match answer {
+            Err(_) => (AttemptOutcome::Timeout, false, None),
+            Ok(Err(outcome)) => (outcome, false, None),
+            Ok(Ok((status, retry_after, body))) => {
+                span.record("http.response.status_code", status.as_u16());
+                let (outcome, gross) = classify(status, &body, reversed, expected);
+                (outcome, gross, retry_after)
             }
         };
-        span.record("http.response.status_code", status.as_u16());
-        if !status.is_success() {
-            permit.failure();
-            self.metrics.attempt(AttemptOutcome::HttpError, elapsed);
-            span.record("error.type", status.as_str());
+        let label: &'static str = outcome.into();
+        if outcome != AttemptOutcome::Success {
+            span.record("error.type", label);
             span.record("otel.status_code", "ERROR");
-            if let Some(wait) = retry_after(&headers, status) {
-                if Instant::now() + wait > state.deadline {
-                    return fail(state, UpstreamError::RetryAfterBeyondDeadline(wait));
-                }
-                tokio::time::sleep(wait).await;
-            }
-            return fail(state, UpstreamError::Status(status.as_u16()));
         }
-        match validate(&state.input, &body) {
-            Ok(output) => {
-                permit.success();
-                self.metrics.attempt(AttemptOutcome::Success, elapsed);
-                state.output = Some(output);
-                state.last_error = None;
-                Ok(Response::from(http::Response::new(Vec::<u8>::new())))
-            }
-            Err(reason) => {
-                permit.failure();
-                self.metrics.attempt(AttemptOutcome::Invalid, elapsed);
-                span.record("error.type", "invalid_answer");
-                span.record("otel.status_code", "ERROR");
-                tracing::warn!(reason = %reason, "upstream answer rejected");
-                fail(state, UpstreamError::Invalid(reason))
-            }
+        self.metrics.attempts.get(outcome).inc();
+        self.metrics
+            .durations
+            .get(outcome)
+            .observe(started.elapsed().as_secs_f64());
+        if outcome == AttemptOutcome::Disagreement {
+            self.metrics.disagreements.inc();
+        }
+        Attempt {
+            outcome,
+            gross,
+            retry_after,
         }
     }
 }
 
-/// Names the transport failure by its kind first (connect, timeout, body), then its chain.
-fn transport_cause(error: &reqwest_middleware::Error) -> String {
-    let kind = match error {
-        reqwest_middleware::Error::Reqwest(e) if e.is_connect() => "connect",
-        reqwest_middleware::Error::Reqwest(e) if e.is_timeout() => "timeout",
-        reqwest_middleware::Error::Reqwest(e) if e.is_body() => "body",
-        reqwest_middleware::Error::Reqwest(_) => "request",
-        reqwest_middleware::Error::Middleware(_) => "middleware",
-    };
-    let mut cause = format!("{kind}: {error}");
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        cause.push_str(": ");
-        cause.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    cause
+/// Whether a disagreeing `output` has our letters in another case mapping (`ɤ` left as is, a
+/// Kelvin sign for `K`, `ẞ` for `SS`): that depends on the input's characters, not on the
+/// upstream's health. An ASCII lower-case letter is never another mapping: every Unicode
+/// version upper-cases ASCII, so an answer with one did not capitalize at all.
+fn same_letters(reversed: &str, output: &str) -> bool {
+    // Lower, upper, lower: folds every case mapping we know of to one form (`ẞ` and `ß` to
+    // `ss`, the Kelvin sign and `k` to `k`, `I` and `ı` to `i`).
+    let fold = |s: &str| s.to_lowercase().to_uppercase().to_lowercase();
+    !output.bytes().any(|b| b.is_ascii_lowercase()) && fold(output) == fold(reversed)
 }
 
-enum ReadError {
-    TooLarge,
-    Transport(String),
-}
-
-async fn read_limited(mut response: Response) -> Result<Vec<u8>, ReadError> {
+/// Sends the request and reads the whole answer, bounded by [`MAX_ANSWER_BYTES`].
+async fn exchange(
+    request: reqwest::RequestBuilder,
+) -> Result<(StatusCode, Option<Duration>, Vec<u8>), AttemptOutcome> {
+    let mut response = request.send().await.map_err(|e| {
+        tracing::debug!(kind = transport_kind(&e), "upstream transport failure");
+        AttemptOutcome::Transport
+    })?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers(), status);
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                    return Err(ReadError::TooLarge);
+                if body.len().saturating_add(chunk.len()) > MAX_ANSWER_BYTES {
+                    return Err(AttemptOutcome::Malformed);
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => return Ok(body),
+            Ok(None) => return Ok((status, retry_after, body)),
             Err(e) => {
-                let mut cause = format!("reading the answer: {e}");
-                let mut source = std::error::Error::source(&e);
-                while let Some(inner) = source {
-                    cause.push_str(": ");
-                    cause.push_str(&inner.to_string());
-                    source = inner.source();
-                }
-                return Err(ReadError::Transport(cause));
+                tracing::debug!(
+                    kind = transport_kind(&e),
+                    "reading the upstream answer failed"
+                );
+                return Err(AttemptOutcome::Transport);
             }
         }
     }
 }
 
-/// The `Retry-After` of a 429 or 503, in seconds or as an HTTP date.
+fn transport_kind(error: &reqwest::Error) -> &'static str {
+    if error.is_connect() {
+        "connect"
+    } else if error.is_timeout() {
+        "timeout"
+    } else if error.is_body() {
+        "body"
+    } else {
+        "request"
+    }
+}
+
+/// shoutcloud's request body.
+#[derive(serde::Serialize)]
+struct ShoutRequest<'a> {
+    #[serde(rename = "INPUT")]
+    input: &'a str,
+}
+
+/// The part of shoutcloud's answer we read.
+#[derive(serde::Deserialize)]
+struct ShoutAnswer {
+    #[serde(rename = "OUTPUT")]
+    output: String,
+}
+
+/// Classifies a complete answer. Only an `OUTPUT` byte-equal to `expected` is a success; the
+/// flag is whether a disagreement is in the letters themselves ([`same_letters`] is false).
+fn classify(
+    status: StatusCode,
+    body: &[u8],
+    reversed: &str,
+    expected: &str,
+) -> (AttemptOutcome, bool) {
+    if !status.is_success() {
+        let outcome = if status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
+            AttemptOutcome::ServerError
+        } else {
+            AttemptOutcome::Rejected
+        };
+        tracing::debug!(
+            status = status.as_u16(),
+            body_bytes = body.len(),
+            body_hash = %short_hash(body),
+            "upstream refused the attempt"
+        );
+        return (outcome, false);
+    }
+    let Ok(answer) = serde_json::from_slice::<ShoutAnswer>(body) else {
+        tracing::debug!(
+            body_bytes = body.len(),
+            body_hash = %short_hash(body),
+            "upstream answer is not JSON with a string OUTPUT"
+        );
+        return (AttemptOutcome::Malformed, false);
+    };
+    if answer.output == expected {
+        return (AttemptOutcome::Success, false);
+    }
+    tracing::debug!(
+        output_bytes = answer.output.len(),
+        expected_bytes = expected.len(),
+        output_hash = %short_hash(answer.output.as_bytes()),
+        "upstream OUTPUT disagrees with our answer; the fallback answers"
+    );
+    (
+        AttemptOutcome::Disagreement,
+        !same_letters(reversed, &answer.output),
+    )
+}
+
+/// A short, stable hash that lets logs tell payloads apart without carrying them.
+fn short_hash(bytes: &[u8]) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    format!("{:08x}", hasher.finish() >> 32)
+}
+
+/// The `Retry-After` of a 429 or 503, in seconds or as an HTTP date; any value parses without
+/// panicking (the loop compares it with the time left, never adds it to a clock).
 fn retry_after(headers: &http::HeaderMap, status: StatusCode) -> Option<Duration> {
     if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
@@ -441,28 +573,12 @@ fn retry_after(headers: &http::HeaderMap, status: StatusCode) -> Option<Duration
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-}
-
-#[derive(serde::Deserialize)]
-struct ShoutAnswer {
-    #[serde(rename = "OUTPUT")]
-    output: String,
-}
-
-/// Accepts the body only if it is JSON whose `OUTPUT` is a valid capitalization of `input`.
-fn validate(input: &str, body: &[u8]) -> Result<String, String> {
-    let answer: ShoutAnswer =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON with a string OUTPUT: {e}"))?;
-    if is_valid_shout(input, &answer.output) {
-        Ok(answer.output)
-    } else {
-        Err("OUTPUT is not the capitalized INPUT".to_string())
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than a u64 holds: as good as never.
+        return Some(Duration::MAX);
     }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -470,43 +586,151 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validation_names_what_is_wrong() {
+    fn only_a_byte_equal_output_is_a_success() {
+        let ok = StatusCode::OK;
+        let c = |status, body: &str, reversed, expected| {
+            classify(status, body.as_bytes(), reversed, expected)
+        };
+        use AttemptOutcome::*;
         assert_eq!(
-            validate("tset", br#"{"INPUT":"tset","OUTPUT":"TSET"}"#),
-            Ok("TSET".into())
+            c(ok, r#"{"INPUT":"tset","OUTPUT":"TSET"}"#, "tset", "TSET"),
+            (Success, false)
         );
-        assert!(
-            validate("tset", b"not json")
-                .unwrap_err()
-                .contains("not JSON")
+        assert_eq!(c(ok, "not json", "tset", "TSET"), (Malformed, false));
+        assert_eq!(
+            c(ok, r#"{"OUTPUT":42}"#, "tset", "TSET"),
+            (Malformed, false)
         );
-        assert!(
-            validate("tset", br#"{"OUTPUT":42}"#)
-                .unwrap_err()
-                .contains("not JSON")
+        // U+212A KELVIN SIGN for K: same letters, another mapping.
+        assert_eq!(
+            c(ok, "{\"OUTPUT\":\"\u{212A}AYAK\"}", "kayak", "KAYAK"),
+            (Disagreement, false)
         );
-        assert!(
-            validate("tset", br#"{"OUTPUT":"HACKED"}"#)
-                .unwrap_err()
-                .contains("not the capitalized")
+        assert_eq!(
+            c(ok, "{\"OUTPUT\":\"\u{1E9E}\"}", "\u{DF}", "SS"),
+            (Disagreement, false)
+        );
+        // U+0264 left as is where we give U+A7CB.
+        assert_eq!(
+            c(ok, "{\"OUTPUT\":\"A\u{264}\"}", "a\u{264}", "A\u{A7CB}"),
+            (Disagreement, false)
+        );
+        assert_eq!(
+            c(ok, r#"{"OUTPUT":"PWNED"}"#, "tset", "TSET"),
+            (Disagreement, true)
+        );
+        assert_eq!(
+            c(ok, r#"{"OUTPUT":"tset"}"#, "tset", "TSET"),
+            (Disagreement, true),
+            "ASCII left lower case is no case mapping"
+        );
+        assert_eq!(
+            c(ok, "{\"OUTPUT\":\"1 \u{264}\"}", "1 \u{264}", "1 \u{A7CB}"),
+            (Disagreement, false),
+            "an echo of what old tables cannot map is one"
+        );
+        assert_eq!(
+            c(StatusCode::BAD_REQUEST, "echo of the input", "x", "X"),
+            (Rejected, false)
+        );
+        assert_eq!(
+            c(StatusCode::TOO_MANY_REQUESTS, "", "x", "X"),
+            (ServerError, false)
+        );
+        assert_eq!(
+            c(StatusCode::BAD_GATEWAY, "", "x", "X"),
+            (ServerError, false)
         );
     }
 
     #[test]
-    fn retry_after_is_read_for_429_and_503_only() {
+    fn retry_after_of_any_size_parses_without_panicking() {
         let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::RETRY_AFTER, "3".parse().expect("header"));
-        assert_eq!(
-            retry_after(&headers, StatusCode::TOO_MANY_REQUESTS),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            retry_after(&headers, StatusCode::SERVICE_UNAVAILABLE),
-            Some(Duration::from_secs(3))
-        );
+        for (value, expected) in [
+            ("3", Some(Duration::from_secs(3))),
+            ("18446744073709551615", Some(Duration::from_secs(u64::MAX))),
+            ("99999999999999999999999999", Some(Duration::MAX)),
+            ("soon", None),
+            ("-1", None),
+        ] {
+            headers.insert(http::header::RETRY_AFTER, value.parse().expect("header"));
+            assert_eq!(
+                retry_after(&headers, StatusCode::SERVICE_UNAVAILABLE),
+                expected,
+                "{value}"
+            );
+        }
         assert_eq!(
             retry_after(&headers, StatusCode::INTERNAL_SERVER_ERROR),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn most_answers_disagreeing_grossly_is_sickness_a_few_are_not() {
+        let window = Disagreements::new();
+        for _ in 0..30 {
+            assert!(!window.record(false));
+        }
+        for _ in 0..30 {
+            assert!(!window.record(true), "30 of 60 is not most");
+        }
+        assert!(window.record(true), "31 of 61 is most");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        for _ in 0..19 {
+            assert!(!window.record(true), "under 20 answers the ratio waits");
+        }
+    }
+
+    /// A writer the test subscriber logs into.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn upstream_bodies_and_user_text_never_reach_the_logs() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let secret = "secret words of the user";
+        tracing::subscriber::with_default(subscriber, || {
+            classify(StatusCode::BAD_REQUEST, secret.as_bytes(), secret, "X");
+            classify(StatusCode::OK, secret.as_bytes(), secret, "X");
+            let body = format!(r#"{{"OUTPUT":"{secret}"}}"#);
+            classify(StatusCode::OK, body.as_bytes(), secret, "X");
+        });
+        let logs = String::from_utf8_lossy(&captured.0.lock().expect("not poisoned")).to_string();
+        assert_eq!(logs.lines().count(), 3, "{logs}");
+        assert!(!logs.contains("secret"), "{logs}");
+        assert!(logs.contains(&short_hash(secret.as_bytes())), "{logs}");
+        assert!(
+            logs.contains(&format!("body_bytes={}", secret.len())),
+            "{logs}"
+        );
+    }
+
+    #[test]
+    fn a_short_hash_has_eight_hex_digits() {
+        let hash = short_hash(b"some upstream body");
+        assert_eq!(hash.len(), 8);
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(hash, short_hash(b"another body"));
     }
 }

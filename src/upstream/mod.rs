@@ -1,16 +1,18 @@
-//! The shoutcloud side: a client that retries with a budget inside a circuit breaker, and
-//! errors that name why no answer came.
+//! The shoutcloud side: the attempt loop and the components it calls.
 //!
-//! - [`client`]: reqwest + reqwest-middleware + reqwest-retry; the per-attempt middleware.
-//! - [`breaker`]: failsafe's breaker with a half-open probe gate and a readable state.
+//! - [`client`]: reqwest and the attempt loop (backoff, breaker permit, budget, timed attempt,
+//!   validation, classification).
+//! - [`breaker`]: the circuit breaker, one state machine on tokio's clock.
 //! - [`budget`]: the sliding-window retry budget.
-//! - [`error`]: [`UpstreamError`], the one classification of what is retried.
+//! - [`limit`]: the concurrency limit the resolver takes a slot from before calling.
+//! - [`outcome`]: [`outcome::AttemptOutcome`] and [`outcome::FallbackReason`], the one
+//!   classification of what an attempt means.
+//!
+//! Nothing here knows the domain: the resolver hands the loop the expected answer.
 
-pub mod breaker;
-pub mod budget;
-pub mod client;
-pub mod error;
-pub mod limit;
-
-pub use client::{CallReport, ClientConfig, UpstreamClient};
-pub use error::UpstreamError;
+pub(crate) mod adaptive_limit;
+pub(crate) mod breaker;
+pub(crate) mod budget;
+pub(crate) mod client;
+pub(crate) mod limit;
+pub(crate) mod outcome;

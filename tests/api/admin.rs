@@ -36,8 +36,12 @@ async fn metrics_cover_every_part_of_the_pipeline_after_mixed_traffic() {
         "shout_breaker_rejected_total",
         "shout_answers_total",
         "shout_fallbacks_total",
+        "shout_upstream_disagreements_total",
         "shout_cache_entries",
         "shout_cache_weighted_bytes",
+        "shout_upstream_concurrency_limit",
+        "shout_upstream_in_flight",
+        "shout_upstream_limit_rejected_total",
         "shout_deadline_seconds",
         "shout_build_info",
         "shout_connections_open",
@@ -50,6 +54,19 @@ async fn metrics_cover_every_part_of_the_pipeline_after_mixed_traffic() {
     ] {
         assert!(scrape.contains(name), "{name} is missing from /metrics");
     }
+    for removed in [
+        "shout_cache_hits_total",
+        "shout_cache_misses_total",
+        "shout_bulkhead_",
+    ] {
+        assert!(!scrape.contains(removed), "{removed} is still exported");
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        scrape.contains(r#"shout_build_info{revision=""#)
+            && scrape.contains(&format!(r#"version="{version}"}} 1"#)),
+        "shout_build_info carries version and revision"
+    );
     let ok = r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="200",http_route="/"}"#;
     let bad = r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="400",http_route="/"}"#;
     assert_eq!(sample(&scrape, ok), 2.0);
@@ -78,7 +95,7 @@ async fn metrics_cover_every_part_of_the_pipeline_after_mixed_traffic() {
 }
 
 #[tokio::test]
-async fn status_reports_breaker_budget_bulkhead_and_cache() {
+async fn status_reports_breaker_budget_concurrency_limit_and_cache() {
     let app = spawn_app_with(|s| s.bulkhead = 7).await;
 
     let status = app.status().await;
@@ -86,7 +103,8 @@ async fn status_reports_breaker_budget_bulkhead_and_cache() {
     let pipeline = &status["pipeline"];
     assert_eq!(pipeline["breaker"]["state"], "closed");
     assert!(pipeline["retry_budget"]["available"].as_u64().unwrap() > 0);
-    assert_eq!(pipeline["bulkhead"]["capacity"], 7);
+    assert_eq!(pipeline["concurrency_limit"]["limit"], 7);
+    assert_eq!(pipeline["concurrency_limit"]["in_flight"], 0);
     assert_eq!(pipeline["cache"]["entries"], 0);
     assert_eq!(status["ready"], true);
 }

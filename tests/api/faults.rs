@@ -230,3 +230,56 @@ async fn a_reset_connection_falls_back_and_is_retried() {
         "first attempt and two retries"
     );
 }
+
+#[tokio::test]
+async fn a_retry_after_of_any_size_never_panics_and_every_answer_is_right() {
+    let app = fault_app().await;
+    shout_call()
+        .respond_with(
+            ResponseTemplate::new(503).insert_header("Retry-After", "18446744073709551615"),
+        )
+        .expect(100)
+        .mount(&app.upstream)
+        .await;
+
+    for i in 0..100 {
+        let input = format!("retry after {i}");
+        let answer = app.shout(&input).await;
+        let expected = shout_proxy::shout::transform::shout_locally(
+            &shout_proxy::shout::transform::reverse_graphemes(&input),
+        );
+        assert_eq!(
+            (answer.status, answer.data(), answer.source()),
+            (200, expected.as_str(), "fallback"),
+            "request {i}"
+        );
+    }
+    let scrape = app.metrics().await;
+    assert_eq!(
+        crate::helpers::sample(&scrape, r#"shout_fallbacks_total{reason="deadline"}"#),
+        100.0,
+        "each waited for nothing: the Retry-After is past the deadline"
+    );
+}
+
+#[tokio::test]
+async fn a_4xx_for_one_input_is_not_retried_and_the_fallback_answers() {
+    let app = fault_app().await;
+    shout_call()
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad input: sdrow terces"))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+
+    let answer = app.shout("secret words").await;
+
+    assert_eq!(
+        (answer.data(), answer.source()),
+        ("SDROW TERCES", "fallback"),
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        crate::helpers::sample(&scrape, r#"shout_fallbacks_total{reason="rejected_input"}"#),
+        1.0
+    );
+}

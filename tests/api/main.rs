@@ -13,4 +13,5 @@ mod properties;
 mod resilience;
 mod rollout;
 mod slow_clients;
+mod tls;
 mod unicode;

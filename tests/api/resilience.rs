@@ -1,6 +1,7 @@
 //! The pipeline's promises, proven with upstream call counts: the breaker stops calls, the
 //! half-open state sends one probe, retries stop at the budget, misses coalesce, the cache keeps
-//! only confirmed answers within its bound, and a full bulkhead answers at once.
+//! only confirmed answers within its bound, a full concurrency limit answers at once,
+//! and no client can trip the breaker while an upstream that is sick for everyone still does.
 
 use std::time::Duration;
 
@@ -177,7 +178,7 @@ async fn the_cache_respects_its_byte_bound() {
 }
 
 #[tokio::test]
-async fn a_full_bulkhead_answers_from_the_fallback_at_once() {
+async fn a_full_concurrency_limit_answers_from_the_fallback_at_once() {
     let app = spawn_app_with(|s| {
         s.bulkhead = 1;
         s.deadline_ms = 2000;
@@ -208,7 +209,191 @@ async fn a_full_bulkhead_answers_from_the_fallback_at_once() {
     );
     let scrape = app.metrics().await;
     assert_eq!(
-        crate::helpers::sample(&scrape, "shout_bulkhead_rejected_total"),
+        crate::helpers::sample(&scrape, "shout_upstream_limit_rejected_total"),
         1.0
+    );
+    assert_eq!(
+        crate::helpers::sample(
+            &scrape,
+            r#"shout_fallbacks_total{reason="concurrency_limit"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        crate::helpers::sample(&scrape, "shout_upstream_concurrency_limit"),
+        1.0
+    );
+}
+
+/// Breaker settings that trip fast: 5 consecutive failures, or under 50% over 20 calls.
+fn quick_breaker(s: &mut shout_proxy::Settings) {
+    s.breaker_consecutive_failures = 5;
+    s.breaker_min_calls = 20;
+    s.breaker_open_ms = 60_000;
+    s.breaker_max_open_ms = 60_000;
+    s.retry_max = 0;
+}
+
+#[tokio::test]
+async fn inputs_the_upstream_rejects_or_maps_otherwise_cannot_trip_the_breaker() {
+    let app = spawn_app_with(quick_breaker).await;
+    // shoutcloud refuses inputs with "reject" (400) and has older tables for `ɤ` and `K`.
+    shout_call()
+        .and(wiremock::matchers::body_string_contains("tcejer"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("no"))
+        .expect(100)
+        .mount(&app.upstream)
+        .await;
+    shout_call()
+        .and(wiremock::matchers::body_string_contains("\u{264}"))
+        .respond_with(|request: &wiremock::Request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            let input = body["INPUT"].as_str().unwrap();
+            // `ɤ` left as is; everything else capitalized.
+            let output: String = input
+                .chars()
+                .map(|c| {
+                    if c == '\u{264}' {
+                        c.to_string()
+                    } else {
+                        c.to_uppercase().collect()
+                    }
+                })
+                .collect();
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"INPUT": input, "OUTPUT": output}))
+        })
+        .expect(100)
+        .mount(&app.upstream)
+        .await;
+    shout_call()
+        .and(wiremock::matchers::body_string_contains("tneconni"))
+        .respond_with(shoutcloud)
+        .expect(10)
+        .mount(&app.upstream)
+        .await;
+
+    for i in 0..100 {
+        let rejected = app.shout(&format!("reject {i}")).await;
+        let mapped = app.shout(&format!("\u{264} {i}")).await;
+        assert_eq!(rejected.source(), "fallback");
+        assert_eq!(
+            (mapped.data(), mapped.source()),
+            (
+                format!("{} \u{A7CB}", reverse_digits(i)).as_str(),
+                "fallback"
+            )
+        );
+    }
+    let status = app.status().await;
+    assert_eq!(status["pipeline"]["breaker"]["state"], "closed");
+    for i in 0..10 {
+        let innocent = app.shout(&format!("innocent {i}")).await;
+        assert_eq!(innocent.source(), "upstream", "request {i}");
+    }
+    let scrape = app.metrics().await;
+    let sample = |series| crate::helpers::sample(&scrape, series);
+    assert_eq!(sample("shout_upstream_disagreements_total"), 100.0);
+    assert_eq!(
+        sample(r#"shout_fallbacks_total{reason="disagreement"}"#),
+        100.0
+    );
+    assert_eq!(
+        sample(r#"shout_fallbacks_total{reason="rejected_input"}"#),
+        100.0
+    );
+    assert_eq!(
+        sample(r#"shout_breaker_transitions_total{state="open"}"#),
+        0.0
+    );
+}
+
+fn reverse_digits(i: u32) -> String {
+    i.to_string().chars().rev().collect()
+}
+
+#[tokio::test]
+async fn an_upstream_answering_garbage_for_everyone_opens_the_breaker() {
+    let app = spawn_app_with(quick_breaker).await;
+    shout_call()
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>oops</html>"))
+        .expect(5)
+        .mount(&app.upstream)
+        .await;
+
+    for i in 0..30 {
+        let answer = app.shout(&format!("garbage {i}")).await;
+        assert_eq!(answer.source(), "fallback");
+    }
+
+    assert_eq!(app.status().await["pipeline"]["breaker"]["state"], "open");
+}
+
+#[tokio::test]
+async fn an_upstream_answering_wrong_text_for_everyone_opens_the_breaker() {
+    let app = spawn_app_with(quick_breaker).await;
+    shout_call()
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"INPUT": "x", "OUTPUT": "BUY CHEAP WATCHES"})),
+        )
+        .mount(&app.upstream)
+        .await;
+
+    for i in 0..40 {
+        let answer = app.shout(&format!("wrong {i}")).await;
+        assert_eq!(
+            (answer.data(), answer.source()),
+            (format!("{} GNORW", reverse_digits(i)).as_str(), "fallback")
+        );
+    }
+
+    assert_eq!(app.status().await["pipeline"]["breaker"]["state"], "open");
+    // The ratio counts from the 20th answer on; that one and the next four are 5 consecutive
+    // failures, which trip it; nothing reaches the upstream after that.
+    assert_eq!(app.upstream_calls().await, 24);
+}
+
+#[tokio::test]
+async fn an_idle_breaker_stops_reporting_open_when_its_open_period_passed() {
+    let app = spawn_app_with(|s| {
+        quick_breaker(s);
+        s.breaker_open_ms = 300;
+        s.breaker_max_open_ms = 300;
+    })
+    .await;
+    shout_call()
+        .respond_with(ResponseTemplate::new(500))
+        .expect(5)
+        .mount(&app.upstream)
+        .await;
+    for i in 0..5 {
+        app.shout(&format!("down {i}")).await;
+    }
+    let open = r#"shout_breaker_state{state="open"}"#;
+    assert_eq!(crate::helpers::sample(&app.metrics().await, open), 1.0);
+
+    // No traffic at all from here: only scrapes, polled until a deadline.
+    let started = std::time::Instant::now();
+    let mut scrape = app.metrics().await;
+    while crate::helpers::sample(&scrape, open) == 1.0 && started.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        scrape = app.metrics().await;
+    }
+
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(crate::helpers::sample(&scrape, open), 0.0);
+    assert_eq!(
+        crate::helpers::sample(&scrape, r#"shout_breaker_state{state="half_open"}"#),
+        1.0
+    );
+    assert_eq!(
+        app.status().await["pipeline"]["breaker"]["state"],
+        "half_open"
     );
 }

@@ -47,6 +47,7 @@ async fn shout_with_traceparent(app: &helpers::TestApp, trace_id: &str) -> reqwe
         .post(format!("{}/", app.address))
         .header("content-type", "application/json")
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header("tracestate", "vendor=secret")
         .body(r#"{"data":"trace"}"#)
         .send()
         .await
@@ -54,19 +55,37 @@ async fn shout_with_traceparent(app: &helpers::TestApp, trace_id: &str) -> reqwe
 }
 
 #[tokio::test]
-async fn the_callers_traceparent_reaches_the_upstream() {
-    exporter();
+async fn by_default_the_upstream_gets_no_trace_context_and_the_client_span_is_a_child_of_the_server_span()
+ {
+    let (exporter, provider) = exporter();
     let app = spawn_app_with(|_| {}).await;
     app.healthy_upstream().await;
 
     shout_with_traceparent(&app, TRACE_ID).await;
+    provider.force_flush().unwrap();
 
     let requests = app.upstream.received_requests().await.unwrap();
-    let sent = requests[0]
-        .headers
-        .get("traceparent")
-        .expect("traceparent sent upstream");
-    assert!(sent.to_str().unwrap().contains(TRACE_ID), "{sent:?}");
+    assert_eq!(requests.len(), 1);
+    for header in ["traceparent", "tracestate", "baggage"] {
+        assert!(
+            requests[0].headers.get(header).is_none(),
+            "{header} sent upstream"
+        );
+    }
+    let spans = exporter.get_finished_spans().unwrap();
+    let in_trace: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id().to_string() == TRACE_ID)
+        .collect();
+    let server = in_trace
+        .iter()
+        .find(|s| s.span_kind == opentelemetry::trace::SpanKind::Server)
+        .expect("a server span");
+    let client = in_trace
+        .iter()
+        .find(|s| s.span_kind == opentelemetry::trace::SpanKind::Client)
+        .expect("a client span");
+    assert_eq!(client.parent_span_id, server.span_context.span_id());
 }
 
 #[tokio::test]
@@ -76,6 +95,7 @@ async fn a_retried_request_makes_one_server_span_and_one_client_span_per_attempt
         s.retry_max = 2;
         s.retry_min_backoff_ms = 1;
         s.retry_max_backoff_ms = 2;
+        s.upstream_trace_propagation = true;
     })
     .await;
     shout_call()
@@ -141,6 +161,10 @@ async fn a_retried_request_makes_one_server_span_and_one_client_span_per_attempt
             .to_str()
             .unwrap();
         assert!(traceparent.contains(RETRIED_TRACE_ID));
+        assert!(
+            request.headers.get("tracestate").is_none(),
+            "never tracestate"
+        );
         assert!(
             client_span_ids
                 .iter()
