@@ -37,4 +37,12 @@ pub mod telemetry;
 pub mod upstream;
 
 pub use config::Settings;
+
+/// Installs rustls' process-wide crypto provider (ring), which every reqwest client of the
+/// process needs before it is built: the upstream's, the OTLP exporter's, the healthcheck's.
+/// reqwest is built without a provider of its own so no C toolchain is needed (aws-lc); an
+/// error only means a provider is installed already.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 pub use startup::Application;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    shout_proxy::install_tls_provider();
     if let Some(Command::Healthcheck) = cli.command {
         return healthcheck(&cli.settings).await;
     }

@@ -230,9 +230,7 @@ impl UpstreamClient {
         budget: RetryBudget,
         registry: &Registry,
     ) -> Result<Self, BuildError> {
-        // reqwest's rustls needs a process-wide crypto provider; an error only means one is
-        // installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         let mut http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))

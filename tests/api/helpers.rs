@@ -67,6 +67,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 pub async fn spawn_with_settings(upstream: MockServer, settings: Settings) -> TestApp {
+    shout_proxy::install_tls_provider();
     let app = Application::build(settings).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let admin_address = format!("http://127.0.0.1:{}", app.admin_port());

@@ -46,6 +46,7 @@ async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    shout_proxy::install_tls_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -177,6 +178,7 @@ async fn a_second_stop_signal_during_the_drain_exits_at_once() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    shout_proxy::install_tls_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()

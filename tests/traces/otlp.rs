@@ -66,6 +66,7 @@ struct Proxy {
 
 impl Proxy {
     async fn start(endpoint: &str, upstream: &MockServer) -> Self {
+        shout_proxy::install_tls_provider();
         let (port, admin) = (free_port(), free_port());
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shout-proxy"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
