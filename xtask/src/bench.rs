@@ -107,27 +107,17 @@ async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
 
 impl Stack {
     async fn start(kind: &str, run: &str, cpus: Option<&str>) -> Result<Stack> {
-        let (tag, inputs) = (
-            format!("bench-{kind}"),
-            if kind.ends_with("same") || kind == "cache-hit" { "same" } else { "unique" },
-        );
+        let tag = format!("bench-{kind}");
+        let inputs = if kind.ends_with("same") || kind == "cache-hit" { "same" } else { "unique" };
+        let mut stack = Stack { target: None, proxy: None, fake: None, url: String::new(), inputs, field: "data" };
         if kind.starts_with("bare") {
             let port = free_port()?;
-            let mut target = Proc::spawn(
-                &tag,
-                &std::env::current_exe()?,
-                &["reference".into(), format!("127.0.0.1:{port}")],
-            )?;
-            let url = format!("http://127.0.0.1:{port}/");
-            target.wait_ready(&url, Duration::from_secs(15), true).await?;
-            return Ok(Stack {
-                target: Some(target),
-                proxy: None,
-                fake: None,
-                url,
-                inputs,
-                field: "data",
-            });
+            let exe = std::env::current_exe()?;
+            let mut target = Proc::spawn(&tag, &exe, &["reference".into(), format!("127.0.0.1:{port}")])?;
+            stack.url = format!("http://127.0.0.1:{port}/");
+            target.wait_ready(&stack.url, Duration::from_secs(15), true).await?;
+            stack.target = Some(target);
+            return Ok(stack);
         }
         let knobs: &[&str] = match kind {
             "breaker-open" => &["--mode", "fail"],
@@ -135,28 +125,14 @@ impl Stack {
             _ => &[],
         };
         let fake = Fake::start(&format!("{tag}-fake"), knobs).await?;
-        if kind == "upstream-direct" {
-            return Ok(Stack {
-                target: None,
-                proxy: None,
-                url: fake.shout_url(),
-                fake: Some(fake),
-                inputs,
-                field: "INPUT",
-            });
+        (stack.url, stack.field) = (fake.shout_url(), "INPUT");
+        stack.fake = Some(fake);
+        let Some(fake) = stack.fake.as_ref().filter(|_| kind != "upstream-direct") else { return Ok(stack) };
+        let mut flags = vec!["--log-format", "json"];
+        if kind == "breaker-open" {
+            flags.extend(["--breaker-open-ms", "600000", "--breaker-max-open-ms", "600000"]);
         }
-        let open: &[&str] = if kind == "breaker-open" {
-            &["--breaker-open-ms", "600000", "--breaker-max-open-ms", "600000"]
-        } else {
-            &[]
-        };
-        let proxy = Proxy::start_on(
-            &tag,
-            &fake.shout_url(),
-            &[open, &["--log-format", "json"]].concat(),
-            cpus,
-        )
-        .await?;
+        let proxy = Proxy::start_on(&tag, &fake.shout_url(), &flags, cpus).await?;
         let same = format!("hello, shout-proxy bench {run}-1-000000000"); // the Lua script's fixed body
         match kind {
             "cache-hit" => {
@@ -176,53 +152,33 @@ impl Stack {
             }
             _ => {}
         }
-        Ok(Stack {
-            target: None,
-            url: format!("{}/", proxy.url),
-            proxy: Some(proxy),
-            fake: Some(fake),
-            inputs,
-            field: "data",
-        })
+        (stack.url, stack.field, stack.proxy) = (format!("{}/", proxy.url), "data", Some(proxy));
+        Ok(stack)
     }
 
     /// The process under test.
     fn target(&self) -> Option<&Proc> {
-        self.proxy
-            .as_ref()
-            .map(|p| &p.proc)
-            .or(self.target.as_ref())
-            .or(self.fake.as_ref().map(|f| &f.proc))
+        self.proxy.as_ref().map(|p| &p.proc).or(self.target.as_ref()).or(self.fake.as_ref().map(|f| &f.proc))
     }
 
-    async fn measure(
-        &self,
-        kind: &str,
-        run: &str,
-        connections: u32,
-        secs: f64,
-        cpus: Option<&str>,
-    ) -> Result<Measure> {
+    async fn measure(&self, kind: &str, run: &str, connections: u32, secs: f64, cpus: Option<&str>) -> Result<Measure> {
         let before = match &self.proxy {
             Some(p) => p.metrics().await?,
             None => Default::default(),
         };
         let cpu = self.target().map_or(0.0, Proc::cpu_seconds);
-        let duration = Duration::from_secs_f64(secs);
+        let (inputs, field) = (self.inputs, self.field);
         let s = Wrk {
-            url: &self.url,
-            duration,
+            duration: Duration::from_secs_f64(secs),
             connections,
-            inputs: self.inputs,
-            field: self.field,
+            inputs,
+            field,
             run,
-            limit: None,
             cpus,
-        }
-        .run()
-        .await?;
-        let cpu_cores =
-            (self.target().map_or(0.0, Proc::cpu_seconds) - cpu) / (s.duration_us as f64 / 1e6);
+            ..Wrk::new(&self.url)
+        };
+        let s = s.run().await?;
+        let cpu_cores = (self.target().map_or(0.0, Proc::cpu_seconds) - cpu) / (s.duration_us as f64 / 1e6);
         let l = &s.latency_us;
         let mut m = Measure {
             scenario: kind.into(),
@@ -240,14 +196,11 @@ impl Stack {
         if let Some(proxy) = &self.proxy {
             let after = proxy.metrics().await?;
             let delta = |name: &str, label: &str| -> Vec<String> {
-                let grown = after
-                    .by_label(name, label)
-                    .into_iter()
-                    .map(|(k, v)| (v - before.sample(name, &[(label, &k)]), k));
+                let grown =
+                    after.by_label(name, label).into_iter().map(|(k, v)| (v - before.sample(name, &[(label, &k)]), k));
                 grown.filter(|(v, _)| *v > 0.0).map(|(v, k)| format!("{k} {v}")).collect()
             };
-            let non_2xx =
-                delta("http_server_request_duration_seconds_count", "http_response_status_code");
+            let non_2xx = delta("http_server_request_duration_seconds_count", "http_response_status_code");
             m.errors += non_2xx
                 .iter()
                 .filter(|c| !c.starts_with('2'))
@@ -259,9 +212,7 @@ impl Stack {
                 delta("shout_fallbacks_total", "reason").join(", ")
             );
             proxy.proc.assert_no_panic()?;
-            if kind == "breaker-open"
-                && proxy.status().await?["pipeline"]["breaker"]["state"] != "open"
-            {
+            if kind == "breaker-open" && proxy.status().await?["pipeline"]["breaker"]["state"] != "open" {
                 bail!("the breaker closed during the breaker-open scenario");
             }
         }
@@ -276,30 +227,18 @@ impl Stack {
 /// RSS after `inputs` unique misses through the bounded cache (64 MiB), against bound + 50 MiB.
 async fn memory_run(inputs: u64) -> Result<Value> {
     let fake = Fake::start("bench-memory-fake", &[]).await?;
-    let proxy = Proxy::start(
-        "bench-memory",
-        &fake.shout_url(),
-        &["--cache-max-bytes", "67108864", "--log-format", "json"],
-    )
-    .await?;
+    let proxy =
+        Proxy::start("bench-memory", &fake.shout_url(), &["--cache-max-bytes", "67108864", "--log-format", "json"])
+            .await?;
     let (started, url) = (std::time::Instant::now(), format!("{}/", proxy.url));
-    let wrk = Wrk {
-        duration: Duration::from_secs(inputs / 300 + 60),
-        limit: Some(inputs),
-        run: "mem",
-        ..Wrk::new(&url)
-    };
+    let wrk =
+        Wrk { duration: Duration::from_secs(inputs / 300 + 60), limit: Some(inputs), run: "mem", ..Wrk::new(&url) };
     let child = wrk.spawn()?;
-    while proxy.metrics().await?.sum("shout_cache_misses_total") < inputs as f64
-        && started.elapsed() < wrk.duration
-    {
+    while proxy.metrics().await?.sum("shout_cache_misses_total") < inputs as f64 && started.elapsed() < wrk.duration {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // wrk prints its summary on SIGINT; its threads idle once the limit is reached.
-    tokio::process::Command::new("kill")
-        .args(["-INT", &child.id().unwrap_or(0).to_string()])
-        .status()
-        .await?;
+    tokio::process::Command::new("kill").args(["-INT", &child.id().unwrap_or(0).to_string()]).status().await?;
     let summary = Wrk::finish(child).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (m, cache) = (proxy.metrics().await?, proxy.status().await?["pipeline"]["cache"].clone());
@@ -317,22 +256,12 @@ pub async fn run(args: Args) -> Result<()> {
     let memory_inputs = args.memory_inputs.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
     let mut best: Vec<Measure> = Vec::new();
     for round in 1..=rounds {
-        for (kind, _) in SCENARIOS
-            .iter()
-            .filter(|(k, _)| args.only.is_empty() || args.only.iter().any(|o| o == k))
-        {
+        for (kind, _) in SCENARIOS.iter().filter(|(k, _)| args.only.is_empty() || args.only.iter().any(|o| o == k)) {
             let run = format!("r{round}{}", std::process::id() % 1000);
             let stack = Stack::start(kind, &run, None).await?;
             let warm = format!("{run}w"); // other unique inputs than the measured ones
-            Wrk {
-                duration: Duration::from_secs_f64(secs / 4.0),
-                inputs: stack.inputs,
-                field: stack.field,
-                run: &warm,
-                ..Wrk::new(&stack.url)
-            }
-            .run()
-            .await?;
+            let (inputs, field, duration) = (stack.inputs, stack.field, Duration::from_secs_f64(secs / 4.0));
+            Wrk { duration, inputs, field, run: &warm, ..Wrk::new(&stack.url) }.run().await?;
             let m = stack.measure(kind, &run, args.connections, secs, None).await?;
             match best.iter_mut().find(|b| b.scenario == *kind) {
                 Some(b) => {
@@ -349,57 +278,29 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     let mut sweep = Vec::new();
-    for kind in if args.quick || !args.only.is_empty() {
-        &[][..]
-    } else {
-        &["cache-hit", "miss", "breaker-open"][..]
-    } {
+    for kind in if args.quick || !args.only.is_empty() { &[][..] } else { &["cache-hit", "miss", "breaker-open"][..] } {
         // One pod's worth: shout-proxy pinned to CPU 1, wrk and the fake on CPU 0.
-        let stack =
-            Stack::start(kind, &format!("s{}", std::process::id() % 1000), Some("1")).await?;
+        let stack = Stack::start(kind, &format!("s{}", std::process::id() % 1000), Some("1")).await?;
         for c in [1, 2, 4, 8, 16, 32] {
             sweep.push(
-                stack
-                    .measure(
-                        kind,
-                        &format!("s{}c{c}", std::process::id() % 1000),
-                        c,
-                        secs / 2.0,
-                        Some("0"),
-                    )
-                    .await?,
+                stack.measure(kind, &format!("s{}c{c}", std::process::id() % 1000), c, secs / 2.0, Some("0")).await?,
             );
         }
     }
-    let memory = if memory_inputs > 0 && args.only.is_empty() {
-        Some(memory_run(memory_inputs).await?)
-    } else {
-        None
-    };
+    let memory = if memory_inputs > 0 && args.only.is_empty() { Some(memory_run(memory_inputs).await?) } else { None };
     let (report, missed) = report(&args, secs, rounds, &best, &sweep, memory.as_ref());
     println!("{report}");
     let dir = out_dir("bench")?;
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(
-            &json!({"scenarios": best, "sweep": sweep, "memory": memory}),
-        )?,
-    )?;
+    let results = json!({"scenarios": best, "sweep": sweep, "memory": memory});
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     std::fs::write(dir.join("results.md"), &report)?;
-    let chart: Vec<Bar> =
-        best.iter().map(|b| Bar { label: b.scenario.clone(), value: b.rps }).collect();
-    bars(
-        &dir.join("benchmark.svg"),
-        &format!("requests/s, wrk -t1 -c{}, best of {rounds}", args.connections),
-        "requests per second",
-        &chart,
-    )?;
+    let chart: Vec<Bar> = best.iter().map(|b| Bar { label: b.scenario.clone(), value: b.rps }).collect();
+    let title = format!("requests/s, wrk -t1 -c{}, best of {rounds}", args.connections);
+    bars(&dir.join("benchmark.svg"), &title, "requests per second", &chart)?;
     if args.update_docs {
         let path = root().join("docs/benchmark.md");
         let doc = std::fs::read_to_string(&path)?;
-        let (Some(a), Some(b)) =
-            (doc.find("<!-- bench:results:start"), doc.find("<!-- bench:results:end -->"))
-        else {
+        let (Some(a), Some(b)) = (doc.find("<!-- bench:results:start"), doc.find("<!-- bench:results:end -->")) else {
             bail!("docs/benchmark.md lacks the results markers")
         };
         let a = a + doc[a..].find('\n').unwrap_or(0) + 1;
@@ -409,6 +310,8 @@ pub async fn run(args: Args) -> Result<()> {
     if args.strict { Ok(missed?) } else { Ok(()) }
 }
 
+type Report = (String, Result<(), crate::Missed>);
+
 fn report(
     args: &Args,
     secs: f64,
@@ -416,7 +319,7 @@ fn report(
     best: &[Measure],
     sweep: &[Measure],
     memory: Option<&Value>,
-) -> (String, Result<(), crate::Missed>) {
+) -> Report {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = format!(
@@ -426,66 +329,38 @@ fn report(
         load.split(' ').take(3).collect::<Vec<_>>().join(" ")
     );
     SCENARIOS.iter().for_each(|(kind, what)| out += &format!("- `{kind}`: {what}\n"));
-    let rows: Vec<Vec<String>> = best
+    let rows: Vec<String> = best
         .iter()
         .map(|b| {
             let rounds = b.rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / ");
-            vec![
-                b.scenario.clone(),
-                format!("{:.0}", b.rps),
-                rounds,
-                format!("{:.2}", b.p50_ms),
-                format!("{:.2}", b.p99_ms),
-                format!("{:.2}", b.p99_9_ms),
-                b.errors.to_string(),
-                b.sources.clone(),
-                format!("{:.2}", b.cpu_cores),
-                format!("{:.0}", b.rps / b.cpu_cores.max(1e-9)),
-                format!("{:.1}", b.peak_rss_mib),
-            ]
+            format!(
+                "{}|{:.0}|{rounds}|{:.2}|{:.2}|{:.2}|{}|{}|{:.2}|{:.0}|{:.1}",
+                b.scenario,
+                b.rps,
+                b.p50_ms,
+                b.p99_ms,
+                b.p99_9_ms,
+                b.errors,
+                b.sources,
+                b.cpu_cores,
+                b.rps / b.cpu_cores.max(1e-9),
+                b.peak_rss_mib
+            )
         })
         .collect();
-    out += &format!(
-        "\n{}\n",
-        table(
-            &[
-                "scenario",
-                "req/s (best)",
-                "all rounds",
-                "p50 ms",
-                "p99 ms",
-                "p99.9 ms",
-                "errors",
-                "answers by source (fallbacks by reason)",
-                "server CPU cores",
-                "req/s per core",
-                "peak RSS MiB"
-            ],
-            &rows
-        )
-    );
+    let header = "scenario|req/s (best)|all rounds|p50 ms|p99 ms|p99.9 ms|errors|answers by source (fallbacks by reason)|server CPU cores|req/s per core|peak RSS MiB";
+    out += &format!("\n{}\n", table(header, &rows));
     let get = |k: &str| best.iter().find(|b| b.scenario == k);
     let mut targets: Vec<(String, bool, String)> = Vec::new();
-    for (a, b, min) in [
-        ("cache-hit", "bare-same", 0.8),
-        ("breaker-open", "bare-unique", 0.8),
-        ("miss", "upstream-direct", 0.5),
-    ] {
+    for (a, b, min) in
+        [("cache-hit", "bare-same", 0.8), ("breaker-open", "bare-unique", 0.8), ("miss", "upstream-direct", 0.5)]
+    {
         if let (Some(x), Some(y)) = (get(a), get(b)) {
-            targets.push((
-                format!("{a} >= {min}x {b}"),
-                x.rps / y.rps >= min,
-                format!("{:.2}x", x.rps / y.rps),
-            ));
+            targets.push((format!("{a} >= {min}x {b}"), x.rps / y.rps >= min, format!("{:.2}x", x.rps / y.rps)));
         }
     }
-    let errors = best.iter().map(|b| b.errors).sum::<u64>()
-        + memory.map_or(0, |m| m["errors"].as_u64().unwrap_or(0));
-    targets.push((
-        "zero non-2xx (and socket errors) everywhere".into(),
-        errors == 0,
-        errors.to_string(),
-    ));
+    let errors = best.iter().map(|b| b.errors).sum::<u64>() + memory.map_or(0, |m| m["errors"].as_u64().unwrap_or(0));
+    targets.push(("zero non-2xx (and socket errors) everywhere".into(), errors == 0, errors.to_string()));
     for b in best.iter().filter(|b| ["cache-hit", "breaker-open"].contains(&b.scenario.as_str())) {
         targets.push((
             format!("p99 < {P99_GOAL_MS} ms at {} connections: {}", b.connections, b.scenario),
@@ -495,18 +370,10 @@ fn report(
     }
     let peak = best
         .iter()
-        .filter(|b| {
-            get("cache-hit").is_some()
-                && !b.scenario.starts_with("bare")
-                && b.scenario != "upstream-direct"
-        })
+        .filter(|b| get("cache-hit").is_some() && !b.scenario.starts_with("bare") && b.scenario != "upstream-direct")
         .map(|b| b.peak_rss_mib)
         .fold(0.0, f64::max);
-    targets.push((
-        "peak RSS < 100 MiB in the proxy scenarios".into(),
-        peak < 100.0,
-        format!("{peak:.1} MiB"),
-    ));
+    targets.push(("peak RSS < 100 MiB in the proxy scenarios".into(), peak < 100.0, format!("{peak:.1} MiB")));
     if let Some(m) = memory {
         let rss = m["rss_mib"].as_f64().unwrap_or(f64::NAN);
         targets.push((
@@ -525,7 +392,7 @@ fn report(
     if !sweep.is_empty() {
         out += "\nOne pod's worth (shout-proxy pinned to one CPU, wrk and the fake on the other): req/s / p99 ms / shout-proxy CPU by connections:\n\n";
         let mut binding: Option<(&str, f64)> = None;
-        let rows: Vec<Vec<String>> = ["cache-hit", "miss", "breaker-open"]
+        let rows: Vec<String> = ["cache-hit", "miss", "breaker-open"]
             .iter()
             .map(|kind| {
                 let points: Vec<&Measure> = sweep.iter().filter(|p| p.scenario == *kind).collect();
@@ -536,22 +403,18 @@ fn report(
                 if let Some(p) = top.filter(|p| binding.is_none_or(|(_, r)| p.rps < r)) {
                     binding = Some((kind, p.rps));
                 }
-                let mut row = vec![kind.to_string()];
-                row.extend(
-                    points
-                        .iter()
-                        .map(|p| format!("{:.0} / {:.1} / {:.2}", p.rps, p.p99_ms, p.cpu_cores)),
-                );
-                row.push(
-                    top.map_or("-".into(), |p| format!("{:.0} req/s (c={})", p.rps, p.connections)),
-                );
-                row
+                let cells = points
+                    .iter()
+                    .map(|p| format!("{:.0} / {:.1} / {:.2}", p.rps, p.p99_ms, p.cpu_cores))
+                    .collect::<Vec<_>>()
+                    .join("|");
+                format!(
+                    "{kind}|{cells}|{}",
+                    top.map_or("-".into(), |p| format!("{:.0} req/s (c={})", p.rps, p.connections))
+                )
             })
             .collect();
-        out += &table(
-            &["path", "c=1", "c=2", "c=4", "c=8", "c=16", "c=32", "sustained with p99 < 5 ms"],
-            &rows,
-        );
+        out += &table("path|c=1|c=2|c=4|c=8|c=16|c=32|sustained with p99 < 5 ms", &rows);
         if let Some((kind, rps)) = binding {
             out += &format!(
                 "\nHPA target: binding path `{kind}`, {rps:.0} req/s per pod within p99 < {P99_GOAL_MS} ms, x 0.6 headroom = **{:.0} req/s per pod**.\n",

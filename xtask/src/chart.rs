@@ -47,11 +47,7 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .draw_series(bars.iter().enumerate().map(|(i, b)| {
-            Text::new(
-                format!("{:.0}", b.value),
-                (b.value, SegmentValue::CenterOf(i)),
-                ("sans-serif", 14),
-            )
+            Text::new(format!("{:.0}", b.value), (b.value, SegmentValue::CenterOf(i)), ("sans-serif", 14))
         }))
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("{e}"))?;

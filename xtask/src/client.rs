@@ -43,25 +43,17 @@ impl Shouter {
         let path = ["/", "/v1", "/v1/"][i % 3];
         let request = self.http.post(format!("{}{path}", self.url));
         let request = if i.is_multiple_of(2) {
-            request
-                .header("content-type", "application/json")
-                .body(serde_json::json!({"data": text}).to_string())
+            request.header("content-type", "application/json").body(serde_json::json!({"data": text}).to_string())
         } else {
             let body: String = url_encode(text);
-            request
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("data={body}"))
+            request.header("content-type", "application/x-www-form-urlencoded").body(format!("data={body}"))
         };
         let started = Instant::now();
         let result = async {
             let response = request.send().await?;
             let status = response.status().as_u16();
-            let source = response
-                .headers()
-                .get("x-shout-source")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+            let source =
+                response.headers().get("x-shout-source").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             let body = response.bytes().await?;
             Ok::<_, reqwest::Error>((status, source, body))
         }
@@ -76,16 +68,11 @@ impl Shouter {
                 let error = if correct {
                     String::new()
                 } else {
-                    format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(120)])
-                    )
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(120)]))
                 };
                 Outcome { correct, source, latency_ms, error }
             }
-            Err(e) => {
-                Outcome { correct: false, source: String::new(), latency_ms, error: e.to_string() }
-            }
+            Err(e) => Outcome { correct: false, source: String::new(), latency_ms, error: e.to_string() },
         }
     }
 }
@@ -93,9 +80,7 @@ impl Shouter {
 fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

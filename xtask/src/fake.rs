@@ -49,14 +49,7 @@ impl Fake {
 
     /// `GET /control`: knobs, `calls`, in-flight statistics.
     pub async fn control(&self) -> Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}/control", self.base))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        Ok(self.http.get(format!("{}/control", self.base)).send().await?.error_for_status()?.json().await?)
     }
 
     /// Calls received since start.

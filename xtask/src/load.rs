@@ -27,15 +27,6 @@ pub struct Wrk<'a> {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Errors {
-    pub connect: u64,
-    pub read: u64,
-    pub write: u64,
-    pub status: u64,
-    pub timeout: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
 pub struct Latency {
     pub p50: f64,
     pub p99: f64,
@@ -47,7 +38,8 @@ pub struct Latency {
 pub struct Summary {
     pub requests: u64,
     pub duration_us: u64,
-    pub errors: Errors,
+    /// connect, read, write, status (non-2xx), timeout.
+    pub errors: std::collections::BTreeMap<String, u64>,
     pub latency_us: Latency,
 }
 
@@ -57,8 +49,7 @@ impl Summary {
     }
     /// Non-2xx answers plus socket errors.
     pub fn errors(&self) -> u64 {
-        let e = &self.errors;
-        e.connect + e.read + e.write + e.status + e.timeout
+        self.errors.values().sum()
     }
 }
 
@@ -93,19 +84,14 @@ impl Wrk<'_> {
             }
             None => Command::new("wrk"),
         };
-        cmd.args([
-            "-t1",
-            &format!("-c{}", self.connections),
-            &format!("-d{}ms", self.duration.as_millis()),
-            "--latency",
-            "-s",
-        ])
-        .arg(Path::new(&lua))
-        .arg(self.url)
-        .env("BENCH_INPUTS", self.inputs)
-        .env("BENCH_FIELD", self.field)
-        .env("BENCH_RUN", self.run)
-        .kill_on_drop(true);
+        let duration = format!("-d{}s", self.duration.as_secs_f64().round().max(1.0)); // wrk takes whole seconds
+        cmd.args(["-t1", &format!("-c{}", self.connections), &duration, "--timeout", "10s", "-s"])
+            .arg(Path::new(&lua))
+            .arg(self.url)
+            .env("BENCH_INPUTS", self.inputs)
+            .env("BENCH_FIELD", self.field)
+            .env("BENCH_RUN", self.run)
+            .kill_on_drop(true);
         if let Some(limit) = self.limit {
             cmd.env("BENCH_LIMIT", limit.to_string());
         }
@@ -117,11 +103,7 @@ impl Wrk<'_> {
         let out = child.wait_with_output().await?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("BENCH_JSON ")) else {
-            bail!(
-                "wrk printed no summary ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("wrk printed no summary ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
         };
         Ok(serde_json::from_str(line)?)
     }

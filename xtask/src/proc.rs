@@ -35,14 +35,10 @@ pub fn free_port() -> Result<u16> {
 
 /// A release binary of this workspace: `shout-proxy`, `examples/fake_shoutcloud`, `xtask`.
 pub fn release_bin(name: &str) -> Result<PathBuf> {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let path = target.join("release").join(name);
     if !path.exists() {
-        bail!(
-            "{} is missing: cargo build --release --bin shout-proxy --example fake_shoutcloud",
-            path.display()
-        );
+        bail!("{} is missing: cargo build --release --bin shout-proxy --example fake_shoutcloud", path.display());
     }
     Ok(path)
 }
@@ -61,11 +57,7 @@ impl Proc {
         let log = out_dir("logs")?.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true);
+        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).kill_on_drop(true);
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
             if key.starts_with("SHOUT_") || key.starts_with("OTEL_") {
@@ -87,11 +79,7 @@ impl Proc {
         let start = Instant::now();
         while start.elapsed() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited ({status}) before it was ready; see {}",
-                    self.name,
-                    self.log.display()
-                );
+                bail!("{} exited ({status}) before it was ready; see {}", self.name, self.log.display());
             }
             if http.get(url).send().await.is_ok_and(|r| any || r.status().is_success()) {
                 return Ok(());
@@ -112,8 +100,7 @@ impl Proc {
 
     /// Resident and peak resident memory (VmRSS, VmHWM) in MiB, from /proc.
     pub fn rss_mib(&self) -> (f64, f64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let kib = |key: &str| -> f64 {
             let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_default();
             line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
@@ -123,8 +110,7 @@ impl Proc {
 
     /// User + system CPU seconds of the process, from /proc (clock ticks of 1/100 s).
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
         let fields: Vec<f64> = after.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
         (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
@@ -147,12 +133,7 @@ impl Proxy {
     }
 
     /// As [`Proxy::start`], pinned to `cpus` (`taskset -c`, which execs: the pid is the proxy's).
-    pub async fn start_on(
-        name: &str,
-        upstream_url: &str,
-        extra: &[&str],
-        cpus: Option<&str>,
-    ) -> Result<Proxy> {
+    pub async fn start_on(name: &str, upstream_url: &str, extra: &[&str], cpus: Option<&str>) -> Result<Proxy> {
         let (port, admin) = (free_port()?, free_port()?);
         let mut args: Vec<String> = vec![
             "--listen".into(),
@@ -208,20 +189,13 @@ impl External {
     ) -> Result<External> {
         let port = free_port()?;
         let dir = out_dir(name)?;
-        let fill = |s: &str| {
-            s.replace("@PORT@", &port.to_string()).replace("@DIR@", &dir.display().to_string())
-        };
+        let fill = |s: &str| s.replace("@PORT@", &port.to_string()).replace("@DIR@", &dir.display().to_string());
         std::fs::write(dir.join("config"), fill(config))?;
         let args: Vec<String> = args.iter().map(|a| fill(a)).collect();
         let mut proc = Proc::spawn(name, Path::new(program), &args)?;
         match ready_path {
             Some(path) => {
-                proc.wait_ready(
-                    &format!("http://127.0.0.1:{port}{path}"),
-                    Duration::from_secs(30),
-                    false,
-                )
-                .await?
+                proc.wait_ready(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(30), false).await?
             }
             None => {
                 let start = Instant::now();

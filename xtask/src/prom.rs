@@ -22,9 +22,7 @@ impl Metrics {
     pub fn parse(text: &str) -> Result<Metrics> {
         let mut out = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            out.push(
-                parse_line(line).with_context(|| format!("unreadable exposition line {line:?}"))?,
-            );
+            out.push(parse_line(line).with_context(|| format!("unreadable exposition line {line:?}"))?);
         }
         Ok(Metrics(out))
     }
@@ -35,10 +33,7 @@ impl Metrics {
         self.0
             .iter()
             .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+                s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
             })
             .map(|s| s.value)
             .sum()
@@ -75,8 +70,7 @@ fn parse_line(line: &str) -> Result<Sample> {
     let mut labels = Vec::new();
     if let Some(body) = rest.strip_prefix('{') {
         let mut chars = body.char_indices();
-        let (mut key, mut value, mut in_value, mut escaped) =
-            (String::new(), String::new(), false, false);
+        let (mut key, mut value, mut in_value, mut escaped) = (String::new(), String::new(), false, false);
         let mut end = None;
         while let Some((i, c)) = chars.next() {
             match (in_value, c) {

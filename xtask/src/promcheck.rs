@@ -29,34 +29,23 @@ use crate::prom::Metrics;
 #[derive(clap::Args)]
 pub struct Args {}
 
-/// Metric families of the contract, with their kind.
-const CONTRACT: [(&str, bool); 25] = [
-    ("http_server_request_duration_seconds", true),
-    ("http_server_active_requests", false),
-    ("shout_upstream_attempts_total", false),
-    ("shout_upstream_attempt_duration_seconds", true),
-    ("shout_upstream_retries_total", false),
-    ("shout_upstream_retry_budget_exhausted_total", false),
-    ("shout_breaker_state", false),
-    ("shout_breaker_transitions_total", false),
-    ("shout_breaker_rejected_total", false),
-    ("shout_answers_total", false),
-    ("shout_fallbacks_total", false),
-    ("shout_cache_hits_total", false),
-    ("shout_cache_misses_total", false),
-    ("shout_cache_entries", false),
-    ("shout_cache_weighted_bytes", false),
-    ("shout_bulkhead_in_flight", false),
-    ("shout_bulkhead_capacity", false),
-    ("shout_bulkhead_rejected_total", false),
-    ("shout_deadline_seconds", false),
-    ("shout_build_info", false),
-    ("process_cpu_seconds_total", false),
-    ("process_resident_memory_bytes", false),
-    ("process_open_fds", false),
-    ("process_max_fds", false),
-    ("process_start_time_seconds", false),
-];
+/// Metric families of the contract; `:h` marks a histogram (`_bucket`, `_count`, `_sum`).
+const CONTRACT: &str =
+    "http_server_request_duration_seconds:h http_server_active_requests shout_upstream_attempts_total
+    shout_upstream_attempt_duration_seconds:h shout_upstream_retries_total shout_upstream_retry_budget_exhausted_total
+    shout_breaker_state shout_breaker_transitions_total shout_breaker_rejected_total shout_answers_total
+    shout_fallbacks_total shout_cache_hits_total shout_cache_misses_total shout_cache_entries shout_cache_weighted_bytes
+    shout_bulkhead_in_flight shout_bulkhead_capacity shout_bulkhead_rejected_total shout_deadline_seconds
+    shout_build_info process_cpu_seconds_total process_resident_memory_bytes process_open_fds process_max_fds
+    process_start_time_seconds";
+/// What the scripted load must have produced, or the panels' data proves nothing.
+const SCENARIO: &str = r#"shout_answers_total{source="upstream"} shout_answers_total{source="cache"}
+    shout_answers_total{source="fallback"} shout_fallbacks_total{reason="breaker_open"}
+    shout_upstream_attempts_total{outcome="http_error"} shout_upstream_attempts_total{outcome="timeout"}
+    shout_upstream_retries_total shout_breaker_transitions_total{state="open"} shout_breaker_transitions_total{state="half_open"}
+    shout_breaker_transitions_total{state="closed"} shout_cache_hits_total
+    http_server_request_duration_seconds_count{http_response_status_code="400"}
+    http_server_request_duration_seconds_count{http_response_status_code="404"}"#;
 /// kube-state-metrics series: no kube-state-metrics runs here, so a query made only of these
 /// may come back empty (it must still parse).
 const KSM: [&str; 3] = [
@@ -65,8 +54,7 @@ const KSM: [&str; 3] = [
     "kube_horizontalpodautoscaler_spec_max_replicas",
 ];
 /// Labels the scrape adds, on every series but not in /metrics.
-const TARGET_LABELS: [&str; 7] =
-    ["job", "instance", "namespace", "pod", "service", "endpoint", "container"];
+const TARGET_LABELS: [&str; 7] = ["job", "instance", "namespace", "pod", "service", "endpoint", "container"];
 
 /// Series name -> label name -> values seen.
 type Exposition = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
@@ -84,12 +72,7 @@ fn walk(e: &Expr, n: &mut Names) {
         let name = vs.name.clone().unwrap_or_default();
         n.metrics.insert(name.clone());
         for m in &vs.matchers.matchers {
-            n.matchers.push((
-                name.clone(),
-                m.name.clone(),
-                matches!(m.op, MatchOp::Equal),
-                m.value.clone(),
-            ));
+            n.matchers.push((name.clone(), m.name.clone(), matches!(m.op, MatchOp::Equal), m.value.clone()));
         }
     };
     match e {
@@ -101,10 +84,8 @@ fn walk(e: &Expr, n: &mut Names) {
         Expr::Unary(u) => walk(&u.expr, n),
         Expr::Binary(b) => {
             if let Some(m) = &b.modifier {
-                n.grouping
-                    .extend(m.matching.iter().flat_map(|l| l.labels().labels.iter().cloned()));
-                n.grouping
-                    .extend(m.card.labels().into_iter().flat_map(|l| l.labels.iter().cloned()));
+                n.grouping.extend(m.matching.iter().flat_map(|l| l.labels().labels.iter().cloned()));
+                n.grouping.extend(m.card.labels().into_iter().flat_map(|l| l.labels.iter().cloned()));
             }
             walk(&b.lhs, n);
             walk(&b.rhs, n);
@@ -160,13 +141,13 @@ impl Check {
             self.fail(format!("{id}: no metric name in {expr:?}"));
         }
         for name in &n.metrics {
-            if !self.exposition.contains_key(name) && !KSM.contains(&name.as_str()) && name != "up"
-            {
-                self.fail(format!("{id}: metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"));
+            if !self.exposition.contains_key(name) && !KSM.contains(&name.as_str()) && name != "up" {
+                self.fail(format!(
+                    "{id}: metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"
+                ));
             }
         }
-        let mut available: BTreeSet<String> =
-            TARGET_LABELS.iter().chain(&["le"]).map(|s| s.to_string()).collect();
+        let mut available: BTreeSet<String> = TARGET_LABELS.iter().chain(&["le"]).map(|s| s.to_string()).collect();
         for (metric, label, equal, value) in &n.matchers {
             let Some(labels) = self.exposition.get(metric) else { continue };
             if TARGET_LABELS.contains(&label.as_str()) || label == "__name__" {
@@ -180,8 +161,7 @@ impl Check {
                 _ => {}
             }
         }
-        let own: Vec<String> =
-            n.metrics.iter().filter(|m| self.exposition.contains_key(*m)).cloned().collect();
+        let own: Vec<String> = n.metrics.iter().filter(|m| self.exposition.contains_key(*m)).cloned().collect();
         for m in &own {
             available.extend(self.exposition[m].keys().cloned());
         }
@@ -217,10 +197,7 @@ fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
         || var("namespace")["type"] != "query"
         || var("pod")["type"] != "query"
     {
-        c.fail(
-            "dashboard lacks a datasource/prometheus variable or namespace/pod query variables"
-                .into(),
-        );
+        c.fail("dashboard lacks a datasource/prometheus variable or namespace/pod query variables".into());
     }
     let mut boxes: Vec<(u64, [u64; 4])> = Vec::new();
     for p in panels {
@@ -230,8 +207,7 @@ fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
             c.fail(format!("panel id {id} is used twice"));
         }
         for (other, o) in &boxes {
-            if g[0] < o[0] + o[2] && o[0] < g[0] + g[2] && g[1] < o[1] + o[3] && o[1] < g[1] + g[3]
-            {
+            if g[0] < o[0] + o[2] && o[0] < g[0] + g[2] && g[1] < o[1] + o[3] && o[1] < g[1] + g[3] {
                 c.fail(format!("panel {id} overlaps panel {other}"));
             }
         }
@@ -245,10 +221,7 @@ fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
                 .chain(targets.iter().map(|t| &t["datasource"]))
                 .any(|d| d["uid"] != "${datasource}")
         {
-            c.fail(format!(
-                "panel {id} ({}): no query, or a datasource other than ${{datasource}}",
-                p["title"]
-            ));
+            c.fail(format!("panel {id} ({}): no query, or a datasource other than ${{datasource}}", p["title"]));
         }
     }
 }
@@ -274,8 +247,7 @@ fn check_runbook(runbook: &str, dash: &Value, status: &Value, c: &mut Check) -> 
             panels.insert(format!("{row} › {title}"));
         }
     }
-    let refs: Vec<&str> =
-        text.split("**").skip(1).step_by(2).filter(|s| s.contains(" › ")).collect();
+    let refs: Vec<&str> = text.split("**").skip(1).step_by(2).filter(|s| s.contains(" › ")).collect();
     if refs.is_empty() {
         c.fail("the runbook names no dashboard panel (**Row › Panel**)".into());
     }
@@ -286,10 +258,7 @@ fn check_runbook(runbook: &str, dash: &Value, status: &Value, c: &mut Check) -> 
         .split('`')
         .skip(1)
         .step_by(2)
-        .filter(|s| {
-            s.starts_with("pipeline.")
-                && s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_' || ch == '.')
-        })
+        .filter(|s| s.starts_with("pipeline.") && s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_' || ch == '.'))
         .collect();
     if fields.is_empty() {
         c.fail("the runbook names no /status field".into());
@@ -317,64 +286,43 @@ fn check_runbook(runbook: &str, dash: &Value, status: &Value, c: &mut Check) -> 
 /// malformed JSON, a missing field, an unknown path, /health) until `secs` pass.
 async fn load(url: &str, secs: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) {
     let until = Instant::now() + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..4)
-        .map(|id| {
-            let (url, codes) = (url.to_owned(), codes.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap_or_default();
-                let mut i = 0u64;
-                while Instant::now() < until {
-                    i += 1;
-                    let json = |body: String| {
-                        http.post(format!("{url}/v1"))
-                            .header("content-type", "application/json")
-                            .body(body)
-                    };
-                    let form = |body: String| {
-                        http.post(format!("{url}/v1/"))
-                            .header("content-type", "application/x-www-form-urlencoded")
-                            .body(body)
-                    };
-                    let mut requests = vec![
-                        json(json!({"data": format!("json {id} {i}")}).to_string()),
-                        json(json!({"data": format!("hello cache {}", i % 7)}).to_string()),
-                        form(format!("data=form+{id}+{i}")),
-                        form(format!("data=form+repeated+{}", i % 5)),
-                    ];
-                    if i.is_multiple_of(5) {
-                        requests.extend([
-                            json("{\"data\": ".into()),
-                            json("{\"other\": \"x\"}".into()),
-                            http.get(format!("{url}/no/such/path")),
-                            http.get(format!("{url}/health")),
-                        ]);
-                    }
-                    for r in requests {
-                        let code = r.send().await.map_or(0, |r| r.status().as_u16());
-                        if let Ok(mut codes) = codes.lock() {
-                            *codes.entry(code).or_default() += 1;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    futures_util::future::join_all(tasks).await;
+    let client = |id: u64| async move {
+        let (http, mut i) = (reqwest::Client::new(), 0u64);
+        while Instant::now() < until {
+            i += 1;
+            let json =
+                |body: String| http.post(format!("{url}/v1")).header("content-type", "application/json").body(body);
+            let form = |body: String| {
+                http.post(format!("{url}/v1/")).header("content-type", "application/x-www-form-urlencoded").body(body)
+            };
+            let mut requests = vec![
+                json(format!(r#"{{"data": "json {id} {i}"}}"#)),
+                json(format!(r#"{{"data": "hello cache {}"}}"#, i % 7)),
+                form(format!("data=form+{id}+{i}")),
+                form(format!("data=form+repeated+{}", i % 5)),
+            ];
+            if i.is_multiple_of(5) {
+                requests.extend([
+                    json(r#"{"data": "#.into()),
+                    json(r#"{"other": "x"}"#.into()),
+                    http.get(format!("{url}/no/such")),
+                ]);
+                requests.push(http.get(format!("{url}/health")));
+            }
+            for r in requests {
+                let code = r.timeout(Duration::from_secs(5)).send().await.map_or(0, |r| r.status().as_u16());
+                *codes.lock().expect("no panics while held").entry(code).or_default() += 1;
+            }
+        }
+    };
+    futures_util::future::join_all((0..4).map(client)).await;
 }
 
 async fn breaker_is(proxy: &Proxy, state: &str) -> Result<bool> {
     Ok(proxy.metrics().await?.sample("shout_breaker_state", &[("state", state)]) == 1.0)
 }
 
-async fn load_until(
-    proxy: &Proxy,
-    state: &str,
-    max: u64,
-    codes: &Arc<Mutex<BTreeMap<u16, u64>>>,
-) -> Result<()> {
+async fn load_until(proxy: &Proxy, state: &str, max: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) -> Result<()> {
     let start = Instant::now();
     while !breaker_is(proxy, state).await? {
         if start.elapsed() > Duration::from_secs(max) {
@@ -388,8 +336,7 @@ async fn load_until(
 
 pub async fn run(_: Args) -> Result<()> {
     let started = Instant::now();
-    let fake =
-        Fake::start("promcheck-fake", &["--failure-rate", "0.3", "--latency-ms", "5"]).await?;
+    let fake = Fake::start("promcheck-fake", &["--failure-rate", "0.3", "--latency-ms", "5"]).await?;
     let proxy = Proxy::start(
         "promcheck-proxy",
         &fake.shout_url(),
@@ -398,10 +345,7 @@ pub async fn run(_: Args) -> Result<()> {
     .await?;
     let config = std::fs::read_to_string(root().join("prometheus/prometheus-check.yml"))?
         .replace("@ADMIN_TARGET@", proxy.admin.trim_start_matches("http://"))
-        .replace(
-            "@RULES_FILE@",
-            &root().join("prometheus/alerts.yaml").canonicalize()?.display().to_string(),
-        );
+        .replace("@RULES_FILE@", &root().join("prometheus/alerts.yaml").canonicalize()?.display().to_string());
     let prometheus = External::start(
         "promcheck-prometheus",
         "prometheus",
@@ -454,69 +398,37 @@ pub async fn run(_: Args) -> Result<()> {
             c.fail(format!("the load produced no {want}"));
         }
     }
-    // The run must have gone through what the panels show, or their data proves nothing.
-    for q in [
-        "sum(shout_answers_total{source=\"upstream\"})",
-        "sum(shout_answers_total{source=\"cache\"})",
-        "sum(shout_answers_total{source=\"fallback\"})",
-        "sum(shout_fallbacks_total{reason=\"breaker_open\"})",
-        "sum(shout_upstream_attempts_total{outcome=\"http_error\"})",
-        "sum(shout_upstream_attempts_total{outcome=\"timeout\"})",
-        "sum(shout_upstream_retries_total)",
-        "sum(shout_breaker_transitions_total{state=\"open\"})",
-        "sum(shout_breaker_transitions_total{state=\"half_open\"})",
-        "sum(shout_breaker_transitions_total{state=\"closed\"})",
-        "sum(shout_cache_hits_total)",
-        "sum(http_server_request_duration_seconds_count{http_response_status_code=\"400\"})",
-        "sum(http_server_request_duration_seconds_count{http_response_status_code=\"404\"})",
-    ] {
-        let body = c.api("/api/v1/query", &[("query", q)]).await?;
-        let v: f64 = body["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+    for q in SCENARIO.split_whitespace().map(|s| format!("sum({s})")) {
+        let body = c.api("/api/v1/query", &[("query", &q)]).await?;
+        let v: f64 = body["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(0.0);
         eprintln!("  {q:<90} {v}");
         if v <= 0.0 {
             c.fail(format!("the run never produced {q}"));
         }
     }
-    let lint = tokio::process::Command::new("sh")
-        .args(["-c", "promtool check metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let lint = {
-        let mut lint = lint;
-        if let Some(mut stdin) = lint.stdin.take() {
-            tokio::io::AsyncWriteExt::write_all(&mut stdin, text.as_bytes()).await?;
-        }
-        lint.wait_with_output().await?
-    };
-    let lint_out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
-    if !lint_out.trim().is_empty() {
-        c.fail(format!(
-            "promtool check metrics complained: {}",
-            lint_out.chars().take(2000).collect::<String>()
-        ));
+    let metrics_file = crate::proc::out_dir("promcheck-prometheus")?.join("metrics.txt");
+    std::fs::write(&metrics_file, &text)?;
+    let lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&metrics_file)?)
+        .output()?;
+    let lint = format!("{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    if !lint.trim().is_empty() {
+        c.fail(format!("promtool check metrics complained: {}", lint.chars().take(2000).collect::<String>()));
     }
-    for (family, histogram) in CONTRACT {
-        let series = if histogram {
-            vec![format!("{family}_bucket"), format!("{family}_count"), format!("{family}_sum")]
+    let contract: Vec<(&str, bool)> =
+        CONTRACT.split_whitespace().map(|f| (f.trim_end_matches(":h"), f.ends_with(":h"))).collect();
+    for (family, histogram) in &contract {
+        let series = if *histogram {
+            ["_bucket", "_count", "_sum"].map(|s| format!("{family}{s}")).to_vec()
         } else {
-            vec![family.to_owned()]
+            vec![family.to_string()]
         };
         for s in series.iter().filter(|s| !metrics.has(s)) {
             c.fail(format!("contract metric {s} is missing from /metrics"));
         }
     }
-
-    let dash: Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("grafana/shout-proxy.json"))?)?;
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(root().join("grafana/shout-proxy.json"))?)?;
     let runbook = std::fs::read_to_string(root().join("docs/runbook.md"))?;
     let mut panels = Vec::new();
     walk_panels(&dash["panels"], &mut panels);
@@ -531,15 +443,10 @@ pub async fn run(_: Args) -> Result<()> {
             .replace("$pod", "shout-proxy-ci-0")
     };
     let (mut rows, mut used) = (Vec::new(), BTreeSet::new());
-    for v in
-        dash["templating"]["list"].as_array().into_iter().flatten().filter(|v| v["type"] == "query")
-    {
+    for v in dash["templating"]["list"].as_array().into_iter().flatten().filter(|v| v["type"] == "query") {
         let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or("");
-        let Some((expr, label)) = q
-            .trim()
-            .strip_prefix("label_values(")
-            .and_then(|r| r.strip_suffix(')'))
-            .and_then(|r| r.rsplit_once(','))
+        let Some((expr, label)) =
+            q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).and_then(|r| r.rsplit_once(','))
         else {
             c.fail(format!("var:{}: not a label_values(expr, label) query: {q:?}", v["name"]));
             continue;
@@ -561,11 +468,7 @@ pub async fn run(_: Args) -> Result<()> {
             used.extend(names);
             let (ok, n, err) = c.query(&expr).await?;
             if !ok || (n == 0 && !ksm_only) {
-                c.fail(format!(
-                    "{id} ({}): {}",
-                    p["title"],
-                    if ok { format!("no data for {expr:?}") } else { err }
-                ));
+                c.fail(format!("{id} ({}): {}", p["title"], if ok { format!("no data for {expr:?}") } else { err }));
             }
             rows.push(format!(
                 "{id} {n}{}",
@@ -573,8 +476,8 @@ pub async fn run(_: Args) -> Result<()> {
             ));
         }
     }
-    for (family, histogram) in CONTRACT {
-        if !used.iter().any(|u| u == family || (histogram && u.starts_with(family))) {
+    for (family, histogram) in &contract {
+        if !used.iter().any(|u| u == family || (*histogram && u.starts_with(family))) {
             c.fail(format!("contract metric {family} is not shown by any dashboard query"));
         }
     }
@@ -589,17 +492,14 @@ pub async fn run(_: Args) -> Result<()> {
         .filter(|r| r["type"] == "alerting")
         .collect();
     if rules.len() != expected {
-        c.fail(format!(
-            "Prometheus loaded {} alerting rules, alerts.yaml has {expected}",
-            rules.len()
-        ));
+        c.fail(format!("Prometheus loaded {} alerting rules, alerts.yaml has {expected}", rules.len()));
     }
     for r in &rules {
         let id = format!("alert:{}", r["name"].as_str().unwrap_or(""));
         let url = r["annotations"]["runbook_url"].as_str().unwrap_or("");
-        let anchor_ok = url.split_once('#').is_some_and(|(page, anchor)| {
-            page.ends_with("docs/runbook.md") && anchors.contains(anchor)
-        });
+        let anchor_ok = url
+            .split_once('#')
+            .is_some_and(|(page, anchor)| page.ends_with("docs/runbook.md") && anchors.contains(anchor));
         if r["health"] != "ok"
             || !anchor_ok
             || r["annotations"]["summary"].is_null()
@@ -616,9 +516,7 @@ pub async fn run(_: Args) -> Result<()> {
         }
         rows.push(format!("{id} ({}) {n}", r["state"].as_str().unwrap_or("")));
     }
-    for (p, name) in
-        [(&proxy.proc, "proxy"), (&fake.proc, "fake"), (&prometheus.proc, "prometheus")]
-    {
+    for (p, name) in [(&proxy.proc, "proxy"), (&fake.proc, "fake"), (&prometheus.proc, "prometheus")] {
         p.assert_no_panic().with_context(|| name.to_owned())?;
     }
     println!("query results:\n  {}", rows.join("\n  "));
