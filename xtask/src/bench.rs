@@ -206,11 +206,11 @@ impl Stack {
                 .filter(|c| !c.starts_with('2'))
                 .map(|c| c.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(1))
                 .sum::<u64>();
-            m.sources = format!(
-                "{} ({})",
-                delta("shout_answers_total", "source").join(", "),
-                delta("shout_fallbacks_total", "reason").join(", ")
-            );
+            m.sources = delta("shout_answers_total", "source").join(", ");
+            let reasons = delta("shout_fallbacks_total", "reason").join(", ");
+            if !reasons.is_empty() {
+                m.sources += &format!(" ({reasons})");
+            }
             proxy.proc.assert_no_panic()?;
             if kind == "breaker-open" && proxy.status().await?["pipeline"]["breaker"]["state"] != "open" {
                 bail!("the breaker closed during the breaker-open scenario");
@@ -234,7 +234,10 @@ async fn memory_run(inputs: u64) -> Result<Value> {
     let wrk =
         Wrk { duration: Duration::from_secs(inputs / 300 + 60), limit: Some(inputs), run: "mem", ..Wrk::new(&url) };
     let child = wrk.spawn()?;
-    while proxy.metrics().await?.sum("shout_cache_misses_total") < inputs as f64 && started.elapsed() < wrk.duration {
+    let misses = |m: &crate::prom::Metrics| {
+        m.sum("shout_answers_total") - m.sample("shout_answers_total", &[("source", "cache")])
+    };
+    while misses(&proxy.metrics().await?) < inputs as f64 && started.elapsed() < wrk.duration {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // wrk prints its summary on SIGINT; its threads idle once the limit is reached.
@@ -244,7 +247,7 @@ async fn memory_run(inputs: u64) -> Result<Value> {
     let (m, cache) = (proxy.metrics().await?, proxy.status().await?["pipeline"]["cache"].clone());
     proxy.proc.assert_no_panic()?;
     let (rss, peak) = proxy.proc.rss_mib();
-    let inputs = m.sum("shout_cache_misses_total");
+    let inputs = misses(&m) as u64;
     Ok(
         json!({"inputs": inputs, "errors": summary.errors(), "seconds": started.elapsed().as_secs_f64(), "rss_mib": rss, "peak_rss_mib": peak, "cache": cache}),
     )

@@ -101,6 +101,7 @@ struct Row {
     upstream_calls: f64,
     counted_upstream: bool,
     breaker: Value,
+    trips: f64,
     probes: f64,
     fallbacks: Vec<(String, f64)>,
     attempts: Vec<(String, f64)>,
@@ -197,7 +198,9 @@ impl Drill {
             (Some(b), Some(a)) => (a - b) as f64,
             _ => metrics.sum("shout_upstream_attempts_total"),
         };
-        let (n, misses) = (outcomes.len(), metrics.sum("shout_cache_misses_total"));
+        // Misses: answers not from the cache.
+        let answers = |s: &str| metrics.sample("shout_answers_total", &[("source", s)]);
+        let (n, misses) = (outcomes.len(), answers("upstream") + answers("fallback"));
         let latencies: Vec<f64> = outcomes.iter().map(|o| o.latency_ms).collect();
         let source = |s: &str| outcomes.iter().filter(|o| o.source == s).count();
         let row = Row {
@@ -211,6 +214,7 @@ impl Drill {
             upstream_calls,
             counted_upstream: before.is_some(),
             breaker: status["pipeline"]["breaker"].clone(),
+            trips: metrics.sample("shout_breaker_transitions_total", &[("state", "open")]),
             probes: metrics.sample("shout_breaker_transitions_total", &[("state", "half_open")]),
             fallbacks: metrics.by_label("shout_fallbacks_total", "reason"),
             attempts: metrics.by_label("shout_upstream_attempts_total", "outcome"),
@@ -229,7 +233,11 @@ impl Drill {
             [("shout_answers_total", &[][..]), ("http_server_request_duration_seconds_count", &status_200)]
         {
             let counted = assert_delta(&Metrics::default(), &metrics, metric, labels, n as f64);
-            self.target(format!("{label}: {metric} counts every request"), counted.is_ok(), format!("{counted:?}"));
+            self.target(
+                format!("{label}: {metric} counts every request"),
+                counted.is_ok(),
+                counted.err().map_or(format!("{n} counted"), |e| e.to_string()),
+            );
         }
         self.target(format!("{label}: every request a cache miss"), misses == n as f64, format!("{misses} misses"));
         let per_period = upstream_calls / (seconds * 1000.0 / OPEN_MS).max(1.0);
@@ -373,7 +381,7 @@ pub async fn run(args: Args) -> Result<()> {
                 r.p99_ms,
                 r.seconds,
                 b["state"].as_str().unwrap_or("?"),
-                b["trips"],
+                r.trips,
                 r.probes,
                 pairs(&r.fallbacks),
                 pairs(&r.attempts),

@@ -61,7 +61,7 @@ impl std::error::Error for Missed {}
 
 /// A markdown table; the header and every row are cells joined by `|`.
 pub fn table(header: &str, rows: &[String]) -> String {
-    let rule = header.split('|').map(|_| "---").collect::<Vec<_>>().join(" | ");
+    let rule = header.split('|').map(|_| "---").collect::<Vec<_>>().join("|");
     std::iter::once(header)
         .chain([rule.as_str()])
         .chain(rows.iter().map(String::as_str))

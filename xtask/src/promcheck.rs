@@ -533,3 +533,18 @@ pub async fn run(_: Args) -> Result<()> {
         Err(Missed(c.failures).into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_parsed_query_not_from_its_text() -> Result<(), String> {
+        let mut n = Names::default();
+        walk(&parser::parse(r#"sum by (pod) (rate(a_total{x="1"}[1m])) / on (pod) b or vector(0)"#)?, &mut n);
+        assert_eq!(n.metrics, BTreeSet::from(["a_total".to_owned(), "b".to_owned()]));
+        assert_eq!(n.grouping, BTreeSet::from(["pod".to_owned()]));
+        assert_eq!(n.matchers, vec![("a_total".into(), "x".into(), true, "1".into())]);
+        Ok(())
+    }
+}
