@@ -434,14 +434,14 @@ pub async fn run(_: Args) -> Result<()> {
     walk_panels(&dash["panels"], &mut panels);
     check_dashboard(&dash, &panels, &mut c);
     let anchors = check_runbook(&runbook, &dash, &status, &mut c);
-    let substitute = |e: &str| {
-        e.replace("${__rate_interval}", "1m")
-            .replace("$__rate_interval", "1m")
-            .replace("${namespace}", "shout-ci")
-            .replace("$namespace", "shout-ci")
-            .replace("${pod}", "shout-proxy-ci-0")
-            .replace("$pod", "shout-proxy-ci-0")
-    };
+    let vars = [
+        ("${__rate_interval}", "1m"),
+        ("$__rate_interval", "1m"),
+        ("${namespace}", "shout-ci"),
+        ("$namespace", "shout-ci"),
+    ];
+    let vars = vars.into_iter().chain([("${pod}", "shout-proxy-ci-0"), ("$pod", "shout-proxy-ci-0")]);
+    let substitute = |e: &str| vars.clone().fold(e.to_owned(), |e, (var, value)| e.replace(var, value));
     let (mut rows, mut used) = (Vec::new(), BTreeSet::new());
     for v in dash["templating"]["list"].as_array().into_iter().flatten().filter(|v| v["type"] == "query") {
         let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or("");
