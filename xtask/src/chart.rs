@@ -53,3 +53,22 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bar_is_drawn_with_its_label_and_value() -> Result<()> {
+        let path = std::env::temp_dir().join(format!("xtask-chart-{}.svg", std::process::id()));
+        let input = [("miss", 7969.0), ("cache-hit", 34900.0)].map(|(l, v)| Bar { label: l.into(), value: v });
+        bars(&path, "title", "req/s", &input)?;
+        let svg = std::fs::read_to_string(&path)?;
+        std::fs::remove_file(&path)?;
+        for text in ["title", "miss", "cache-hit", "7969", "34900"] {
+            assert!(svg.contains(text), "{text} missing from the chart");
+        }
+        assert_eq!(svg.matches("opacity=\"0.6\" fill=\"#0000FF\"").count(), 2, "one filled bar per value");
+        Ok(())
+    }
+}
