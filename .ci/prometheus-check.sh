@@ -5,14 +5,10 @@
 #  2. static checks: promtool check/test rules, the k8s/monitoring copies are in sync with
 #     their sources, the kustomize Component fails alone and builds inside an overlay with
 #     the same rules and dashboard;
-#  3. builds shout-proxy and fake_shoutcloud, runs them on loopback with a private
-#     Prometheus scraping the admin port every second, and drives traffic through every
-#     path the dashboard shows: cache hits, upstream errors and retries, timeouts, the
-#     breaker opening and closing, 400s and 404s;
-#  4. `promtool check metrics` on the service's /metrics must print nothing;
-#  5. prometheus/check_queries.py runs every dashboard and alert query through the HTTP API:
-#     all must parse, every dashboard query on our own metrics must return data;
-#  6. stops everything it started (trap EXIT).
+#  3. `cargo xtask promcheck`: the service under load scraped by a real Prometheus, promtool
+#     check metrics, every dashboard and alert query parses and returns data
+#     (xtask/src/promcheck.rs says what it proves);
+#  4. removes its temporary directory (trap EXIT); the harness stops what it started.
 #
 # Idempotent: free ports, a temporary directory, nothing left behind. About 1 to 2 minutes
 # after the build. Usage: .ci/prometheus-check.sh   (from anywhere; apt-get as root or via sudo)
@@ -58,26 +54,7 @@ prometheus/sync-k8s.sh --check
 echo "in sync"
 
 work="$(mktemp -d -t shout-prom-check.XXXXXX)"
-pids=()
-cleanup() {
-  local status=$?
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $status -ne 0 ]]; then
-    for log in fake proxy prometheus; do
-      if [[ -s "$work/$log.log" ]]; then
-        echo "--- last lines of $log.log" >&2
-        tail -n 20 "$work/$log.log" >&2
-      fi
-    done
-  fi
-  rm -rf "$work"
-  exit "$status"
-}
+cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 
 step "kustomize: k8s/monitoring is a Component that only builds inside an overlay"
@@ -162,178 +139,10 @@ for kz in k8s/overlays/*/kustomization.yaml; do
   fi
 done
 
-# ---------------------------------------------------------------- 3. build and run
-step "cargo build --release --bin shout-proxy --example fake_shoutcloud"
-cargo build --release --bin shout-proxy --example fake_shoutcloud
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-proxy_bin="$target_dir/release/shout-proxy"
-fake_bin="$target_dir/release/examples/fake_shoutcloud"
-started=$SECONDS
-
-read -r up_port pub_port admin_port prom_port < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(4):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
-fake="http://127.0.0.1:$up_port"
-pub="http://127.0.0.1:$pub_port"
-admin="http://127.0.0.1:$admin_port"
-prom="http://127.0.0.1:$prom_port"
-
-wait_for() { # $1 = URL, $2 = what; up to 30 s
-  for _ in $(seq 1 300); do
-    if curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  die "$2 did not answer on $1"
-}
-
-step "start fake shoutcloud (flaky), shout-proxy and Prometheus"
-"$fake_bin" --listen "127.0.0.1:$up_port" --failure-rate 0.3 --latency-ms 5 >"$work/fake.log" 2>&1 &
-pids+=($!)
-wait_for "$fake/control" "fake_shoutcloud"
-# Short breaker open periods so the run sees open -> half_open -> closed within seconds.
-# A short drain so stopping it at the end does not wait the default 5 s.
-SHOUT_BREAKER_OPEN_MS=1000 SHOUT_BREAKER_MAX_OPEN_MS=4000 SHOUT_DRAIN_MS=100 \
-  "$proxy_bin" --upstream-url "$fake/V1/SHOUT" \
-  --listen "127.0.0.1:$pub_port" --admin-listen "127.0.0.1:$admin_port" >"$work/proxy.log" 2>&1 &
-pids+=($!)
-wait_for "$admin/readyz" "shout-proxy admin port"
-wait_for "$pub/health" "shout-proxy public port"
-sed -e "s|@ADMIN_TARGET@|127.0.0.1:$admin_port|" -e "s|@RULES_FILE@|$root/prometheus/alerts.yaml|" \
-  prometheus/prometheus-check.yml >"$work/prometheus.yml"
-promtool check config "$work/prometheus.yml" >/dev/null
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
-  --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$work/prometheus.log" 2>&1 &
-pids+=($!)
-wait_for "$prom/-/ready" "Prometheus"
-echo "fake :$up_port  public :$pub_port  admin :$admin_port  prometheus :$prom_port"
-
-# One client: for each round, requests through every public path, on one connection.
-client() { # $1 = client id, $2 = stop at this $SECONDS
-  local id=$1 until=$2 i=0
-  while ((SECONDS < until && i < 100000)); do
-    i=$((i + 1))
-    local args=(
-      -s --max-time 5 -o /dev/null -w '%{http_code}\n'
-      -H 'content-type: application/json' -d "{\"data\": \"json $id $i $RANDOM\"}" "$pub/v1"
-      --next -s --max-time 5 -o /dev/null -w '%{http_code}\n'
-      -H 'content-type: application/json' -d "{\"data\": \"hello cache $((i % 7))\"}" "$pub/"
-      --next -s --max-time 5 -o /dev/null -w '%{http_code}\n'
-      --data-urlencode "data=form $id $i $RANDOM" "$pub/v1/"
-      --next -s --max-time 5 -o /dev/null -w '%{http_code}\n'
-      --data-urlencode "data=form repeated $((i % 5))" "$pub/v1"
-    )
-    if ((i % 5 == 0)); then
-      args+=(
-        --next -s --max-time 5 -o /dev/null -w '%{http_code}\n'
-        -H 'content-type: application/json' -d '{"data": ' "$pub/v1"
-        --next -s --max-time 5 -o /dev/null -w '%{http_code}\n'
-        -H 'content-type: application/json' -d '{"other": "x"}' "$pub/v1"
-        --next -s --max-time 5 -o /dev/null -w '%{http_code}\n' "$pub/no/such/path"
-        --next -s --max-time 5 -o /dev/null -w '%{http_code}\n' "$pub/health"
-      )
-    fi
-    curl "${args[@]}" >>"$work/codes.$id" 2>/dev/null || true
-  done
-}
-load() { # $1 = seconds; 4 clients in parallel
-  local until=$((SECONDS + $1)) c
-  local load_pids=()
-  for c in 1 2 3 4; do
-    client "$c" "$until" &
-    load_pids+=($!)
-    pids+=($!)
-  done
-  wait "${load_pids[@]}"
-}
-control() { # $1 = JSON for the fake's POST /control
-  curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d "$1" "$fake/control"
-  echo "fake upstream: $1"
-}
-breaker_is() { # $1 = state; true if /metrics says the breaker is in it
-  # Not `curl | grep -q`: grep quits at the match, curl fails writing the rest, and with
-  # pipefail the match would read as a miss.
-  local metrics
-  metrics="$(curl -fsS "$admin/metrics")" || return 1
-  grep -Eq "^shout_breaker_state\{state=\"$1\"\} 1$" <<<"$metrics"
-}
-load_until_breaker() { # $1 = state, $2 = max seconds; loads in 5 s slices until the breaker is in it
-  local deadline=$((SECONDS + $2))
-  until breaker_is "$1"; do
-    ((SECONDS < deadline)) || die "the breaker did not reach $1 within $2 s"
-    load 5
-  done
-  echo "breaker: $1"
-}
-
-step "load: flaky upstream (30% failures), 20 s"
-load 20
-step "load: slow upstream (400 ms > per-attempt timeout), 10 s"
-control '{"mode": "ok", "latency_ms": 400, "failure_rate": 0}'
-load 10
-step "load: failing upstream until the breaker opens, then 5 s more"
-control '{"mode": "fail", "latency_ms": 5}'
-load_until_breaker open 40
-load 5
-step "load: healthy-but-flaky upstream again until the breaker closes, then 10 s more"
-control '{"mode": "ok", "latency_ms": 5, "failure_rate": 0.3}'
-load_until_breaker closed 60
-load 10
-sleep 3 # a few more scrapes
-
-codes="$(cat "$work"/codes.* | sort | uniq -c | sort -rn)"
-echo "responses by status:" $codes
-for want in 200 400 404; do
-  n="$(cat "$work"/codes.* | grep -c "^$want$" || true)"
-  ((n > 0)) || die "the load produced no $want"
-done
-
-# The run must have exercised what the panels show, or their data proves nothing.
-step "scenario: the run went through every state the dashboard shows"
-scenario=(
-  'sum(shout_answers_total{source="upstream"})'
-  'sum(shout_answers_total{source="cache"})'
-  'sum(shout_answers_total{source="fallback"})'
-  'sum(shout_fallbacks_total{reason="breaker_open"})'
-  'sum(shout_upstream_attempts_total{outcome="server_error"})'
-  'sum(shout_upstream_attempts_total{outcome="timeout"})'
-  'sum(shout_upstream_retries_total)'
-  'sum(shout_breaker_transitions_total{state="open"})'
-  'sum(shout_breaker_transitions_total{state="half_open"})'
-  'sum(shout_breaker_transitions_total{state="closed"})'
-  'sum(http_server_request_duration_seconds_count{http_response_status_code="400"})'
-  'sum(http_server_request_duration_seconds_count{http_response_status_code="404"})'
-)
-for q in "${scenario[@]}"; do
-  v="$(curl -fsS --get "$prom/api/v1/query" --data-urlencode "query=$q" |
-    python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)')"
-  printf '  %-80s %s\n' "$q" "$v"
-  python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$v" || die "the run never produced $q"
-done
-
-# ---------------------------------------------------------------- 4. promtool check metrics
-step "promtool check metrics (must print nothing)"
-curl -fsS "$admin/metrics" >"$work/metrics.txt"
-curl -fsS "$admin/status" >"$work/status.json"
-lint="$(promtool check metrics <"$work/metrics.txt" 2>&1)" || true
-if [[ -n "$lint" ]]; then
-  printf '%s\n' "$lint" >&2
-  die "promtool check metrics complained about /metrics"
-fi
-echo "clean ($(grep -vc '^#' "$work/metrics.txt") series)"
-
-# ---------------------------------------------------------------- 5. every query
-step "every dashboard and alert query against Prometheus"
-python3 prometheus/check_queries.py --prometheus "$prom" --metrics "$work/metrics.txt" \
-  --status "$work/status.json" --dashboard grafana/shout-proxy.json --runbook docs/runbook.md \
-  --alerts prometheus/alerts.yaml \
-  --namespace shout-ci --pod shout-proxy-ci-0
-
-echo
-echo "prometheus-check: OK ($((SECONDS - started)) s after the build)"
+# ---------------------------------------------------------------- 3. the service under load
+# `cargo xtask promcheck`: shout-proxy and the fake upstream on loopback, a private Prometheus
+# scraping them every second, a scripted load through every path the dashboard shows, then
+# promtool check metrics and every dashboard and alert query (xtask/src/promcheck.rs).
+step "cargo xtask promcheck"
+cargo build --release --locked --bin shout-proxy --example fake_shoutcloud
+cargo xtask promcheck

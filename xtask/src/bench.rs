@@ -1,0 +1,422 @@
+//! The load benchmark: wrk against shout-proxy on each path (cache hit, miss, breaker open,
+//! slow and flaky upstream), against the fake upstream directly, and against a bare reference
+//! handler (the same poem stack and the crate's transform, nothing else) as the ceiling.
+//!
+//! Rounds are interleaved (every round runs every scenario) so a noisy machine's drift hits all
+//! alike; the best round counts. Each scenario starts its own processes, so peak RSS is its own.
+//! Then a one-CPU concurrency sweep gives the request rate one pod sustains within the p99 goal
+//! (the HPA target), and a memory run pushes unique inputs through the bounded cache.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::chart::{Bar, bars};
+use crate::client::{Shouter, expected};
+use crate::fake::Fake;
+use crate::load::Wrk;
+use crate::proc::{Proc, Proxy, free_port, out_dir, root};
+use crate::{table, verdict};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Smoke mode for CI: 2 s per scenario, one round, no sweep, 100,000 inputs in the memory run.
+    #[arg(long, env = "BENCH_QUICK")]
+    quick: bool,
+    /// Seconds per measurement (default 10, quick 2).
+    #[arg(long, env = "BENCH_SECONDS")]
+    seconds: Option<f64>,
+    /// Interleaved rounds (default 2, quick 1).
+    #[arg(long, env = "BENCH_ROUNDS")]
+    rounds: Option<usize>,
+    /// wrk connections.
+    #[arg(long, env = "BENCH_CONNECTIONS", default_value_t = 32)]
+    connections: u32,
+    /// Unique inputs of the memory run (default 1,000,000, quick 100,000; 0 skips it).
+    #[arg(long, env = "BENCH_MEMORY_INPUTS")]
+    memory_inputs: Option<u64>,
+    /// Scenarios to run (comma-separated); all when empty.
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
+    only: Vec<String>,
+    /// Write the results into docs/benchmark.md and docs/benchmark.svg.
+    #[arg(long, env = "BENCH_UPDATE_DOCS")]
+    update_docs: bool,
+    /// Exit 1 when a target is missed (off by default: a shared machine's noise is not a regression).
+    #[arg(long, env = "BENCH_STRICT")]
+    strict: bool,
+}
+
+/// The scenarios (docs/benchmark.md says what each runs).
+const SCENARIOS: [&str; 7] =
+    ["bare-same", "bare-unique", "upstream-direct", "cache-hit", "miss", "breaker-open", "slow-flaky"];
+const P99_GOAL_MS: f64 = 5.0;
+
+/// The bare handler: poem, JSON in and out, the crate's transform.
+pub async fn reference(listen: &str) -> Result<()> {
+    #[poem::handler]
+    fn shout(poem::web::Json(body): poem::web::Json<Value>) -> poem::web::Json<Value> {
+        poem::web::Json(json!({"data": expected(body["data"].as_str().unwrap_or_default())}))
+    }
+    let app = poem::Route::new().at("/", poem::post(shout));
+    Ok(poem::Server::new(poem::listener::TcpListener::bind(listen)).run(app).await?)
+}
+
+/// One measurement (the best round's, with every round's req/s, errors and peak RSS over all).
+#[derive(Debug, Clone, Default, Serialize)]
+struct Measure {
+    scenario: String,
+    connections: u32,
+    rps: f64,
+    rounds: Vec<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    p99_9_ms: f64,
+    /// wrk's non-2xx and socket errors, plus the proxy's own non-2xx.
+    errors: u64,
+    /// Answers by source (fallbacks by reason), from the proxy's counters.
+    sources: String,
+    cpu_cores: f64,
+    peak_rss_mib: f64,
+}
+
+/// The processes of one scenario and where wrk sends.
+struct Stack {
+    target: Option<Proc>,
+    proxy: Option<Proxy>,
+    fake: Option<Fake>,
+    url: String,
+    inputs: &'static str,
+    field: &'static str,
+}
+
+async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
+    let o = Shouter::new(&proxy.url)?.shout(0, text).await;
+    if !o.correct || o.source != source {
+        bail!("sanity check: {text:?} answered by {:?} (wanted {source}): {}", o.source, o.error);
+    }
+    Ok(())
+}
+
+impl Stack {
+    async fn start(kind: &str, run: &str, cpus: Option<&str>) -> Result<Stack> {
+        let tag = format!("bench-{kind}");
+        let inputs = if kind.ends_with("same") || kind == "cache-hit" { "same" } else { "unique" };
+        let mut stack = Stack { target: None, proxy: None, fake: None, url: String::new(), inputs, field: "data" };
+        if kind.starts_with("bare") {
+            let port = free_port()?;
+            let exe = std::env::current_exe()?;
+            let mut target = Proc::spawn(&tag, &exe, &["reference".into(), format!("127.0.0.1:{port}")])?;
+            stack.url = format!("http://127.0.0.1:{port}/");
+            target.wait_ready(&stack.url, Duration::from_secs(15), true).await?;
+            stack.target = Some(target);
+            return Ok(stack);
+        }
+        let knobs: &[&str] = match kind {
+            "breaker-open" => &["--mode", "fail"],
+            "slow-flaky" => &["--latency-ms", "50", "--failure-rate", "0.3"],
+            _ => &[],
+        };
+        let fake = Fake::start(&format!("{tag}-fake"), knobs).await?;
+        (stack.url, stack.field) = (fake.shout_url(), "INPUT");
+        stack.fake = Some(fake);
+        let Some(fake) = stack.fake.as_ref().filter(|_| kind != "upstream-direct") else { return Ok(stack) };
+        let mut flags = vec!["--log-format", "json"];
+        if kind == "breaker-open" {
+            flags.extend(["--breaker-open-ms", "600000", "--breaker-max-open-ms", "600000"]);
+        }
+        let proxy = Proxy::start_on(&tag, &fake.shout_url(), &flags, cpus).await?;
+        let same = format!("hello, shout-proxy bench {run}-1-000000000"); // the Lua script's fixed body
+        match kind {
+            "cache-hit" => {
+                expect(&proxy, &same, "upstream").await?;
+                expect(&proxy, &same, "cache").await?;
+            }
+            "miss" => expect(&proxy, &format!("miss sanity {run}"), "upstream").await?,
+            "breaker-open" => {
+                let shouter = Shouter::new(&proxy.url)?;
+                for i in 0..50 {
+                    shouter.shout(i, &format!("trip the breaker {run} {i}")).await;
+                    if proxy.status().await?["pipeline"]["breaker"]["state"] == "open" {
+                        break;
+                    }
+                }
+                expect(&proxy, &format!("breaker sanity {run}"), "fallback").await?;
+            }
+            _ => {}
+        }
+        (stack.url, stack.field, stack.proxy) = (format!("{}/", proxy.url), "data", Some(proxy));
+        Ok(stack)
+    }
+
+    /// The process under test.
+    fn target(&self) -> Option<&Proc> {
+        self.proxy.as_ref().map(|p| &p.proc).or(self.target.as_ref()).or(self.fake.as_ref().map(|f| &f.proc))
+    }
+
+    async fn measure(&self, kind: &str, run: &str, connections: u32, secs: f64, cpus: Option<&str>) -> Result<Measure> {
+        let before = match &self.proxy {
+            Some(p) => p.metrics().await?,
+            None => Default::default(),
+        };
+        let cpu = self.target().map_or(0.0, Proc::cpu_seconds);
+        let (inputs, field) = (self.inputs, self.field);
+        let s = Wrk {
+            duration: Duration::from_secs_f64(secs),
+            connections,
+            inputs,
+            field,
+            run,
+            cpus,
+            ..Wrk::new(&self.url)
+        };
+        let s = s.run().await?;
+        let cpu_cores = (self.target().map_or(0.0, Proc::cpu_seconds) - cpu) / (s.duration_us as f64 / 1e6);
+        let l = &s.latency_us;
+        let mut m = Measure {
+            scenario: kind.into(),
+            connections,
+            rps: s.rps(),
+            rounds: vec![s.rps()],
+            p50_ms: l.p50 / 1e3,
+            p99_ms: l.p99 / 1e3,
+            p99_9_ms: l.p99_9 / 1e3,
+            errors: s.errors(),
+            cpu_cores,
+            peak_rss_mib: self.target().map_or(0.0, |t| t.rss_mib().1),
+            ..Default::default()
+        };
+        if let Some(proxy) = &self.proxy {
+            let after = proxy.metrics().await?;
+            let delta = |name: &str, label: &str| -> Vec<String> {
+                let grown =
+                    after.by_label(name, label).into_iter().map(|(k, v)| (v - before.sample(name, &[(label, &k)]), k));
+                grown.filter(|(v, _)| *v > 0.0).map(|(v, k)| format!("{k} {v}")).collect()
+            };
+            let non_2xx = delta("http_server_request_duration_seconds_count", "http_response_status_code");
+            m.errors += non_2xx
+                .iter()
+                .filter(|c| !c.starts_with('2'))
+                .map(|c| c.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(1))
+                .sum::<u64>();
+            m.sources = delta("shout_answers_total", "source").join(", ");
+            let reasons = delta("shout_fallbacks_total", "reason").join(", ");
+            if !reasons.is_empty() {
+                m.sources += &format!(" ({reasons})");
+            }
+            proxy.proc.assert_no_panic()?;
+            if kind == "breaker-open" && proxy.status().await?["pipeline"]["breaker"]["state"] != "open" {
+                bail!("the breaker closed during the breaker-open scenario");
+            }
+        }
+        eprintln!(
+            "[bench] {kind:<16} c{connections:<3} {:>9.0} req/s p99 {:.2} ms errors {} peak {:.1} MiB cpu {cpu_cores:.2}",
+            m.rps, m.p99_ms, m.errors, m.peak_rss_mib
+        );
+        Ok(m)
+    }
+}
+
+/// RSS after `inputs` unique misses through the bounded cache (64 MiB), against bound + 50 MiB.
+async fn memory_run(inputs: u64) -> Result<Value> {
+    let fake = Fake::start("bench-memory-fake", &[]).await?;
+    let proxy =
+        Proxy::start("bench-memory", &fake.shout_url(), &["--cache-max-bytes", "67108864", "--log-format", "json"])
+            .await?;
+    let (started, url) = (std::time::Instant::now(), format!("{}/", proxy.url));
+    let wrk =
+        Wrk { duration: Duration::from_secs(inputs / 300 + 60), limit: Some(inputs), run: "mem", ..Wrk::new(&url) };
+    let child = wrk.spawn()?;
+    let misses = |m: &crate::prom::Metrics| {
+        m.sum("shout_answers_total") - m.sample("shout_answers_total", &[("source", "cache")])
+    };
+    while misses(&proxy.metrics().await?) < inputs as f64 && started.elapsed() < wrk.duration {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // wrk prints its summary on SIGINT; its threads idle once the limit is reached.
+    tokio::process::Command::new("kill").args(["-INT", &child.id().unwrap_or(0).to_string()]).status().await?;
+    let summary = Wrk::finish(child).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (m, cache) = (proxy.metrics().await?, proxy.status().await?["pipeline"]["cache"].clone());
+    proxy.proc.assert_no_panic()?;
+    let (rss, peak) = proxy.proc.rss_mib();
+    let inputs = misses(&m) as u64;
+    Ok(
+        json!({"inputs": inputs, "errors": summary.errors(), "seconds": started.elapsed().as_secs_f64(), "rss_mib": rss, "peak_rss_mib": peak, "cache": cache}),
+    )
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let secs = args.seconds.unwrap_or(if args.quick { 2.0 } else { 10.0 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 });
+    let memory_inputs = args.memory_inputs.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+    let mut best: Vec<Measure> = Vec::new();
+    for round in 1..=rounds {
+        for kind in SCENARIOS.iter().filter(|k| args.only.is_empty() || args.only.iter().any(|o| o == *k)) {
+            let run = format!("r{round}{}", std::process::id() % 1000);
+            let stack = Stack::start(kind, &run, None).await?;
+            let warm = format!("{run}w"); // other unique inputs than the measured ones
+            let (inputs, field, duration) = (stack.inputs, stack.field, Duration::from_secs_f64(secs / 4.0));
+            Wrk { duration, inputs, field, run: &warm, ..Wrk::new(&stack.url) }.run().await?;
+            let m = stack.measure(kind, &run, args.connections, secs, None).await?;
+            match best.iter_mut().find(|b| b.scenario == *kind) {
+                Some(b) => {
+                    let (mut rounds, errors, peak) =
+                        (b.rounds.clone(), b.errors + m.errors, b.peak_rss_mib.max(m.peak_rss_mib));
+                    rounds.push(m.rps);
+                    if m.rps > b.rps {
+                        *b = m;
+                    }
+                    (b.rounds, b.errors, b.peak_rss_mib) = (rounds, errors, peak);
+                }
+                None => best.push(m),
+            }
+        }
+    }
+    let mut sweep = Vec::new();
+    for kind in if args.quick || !args.only.is_empty() { &[][..] } else { &["cache-hit", "miss", "breaker-open"][..] } {
+        // One pod's worth: shout-proxy pinned to CPU 1, wrk and the fake on CPU 0.
+        let stack = Stack::start(kind, &format!("s{}", std::process::id() % 1000), Some("1")).await?;
+        for c in [1, 2, 4, 8, 16, 32] {
+            sweep.push(
+                stack.measure(kind, &format!("s{}c{c}", std::process::id() % 1000), c, secs / 2.0, Some("0")).await?,
+            );
+        }
+    }
+    let memory = if memory_inputs > 0 && args.only.is_empty() { Some(memory_run(memory_inputs).await?) } else { None };
+    let (report, missed) = report(&args, secs, rounds, &best, &sweep, memory.as_ref());
+    println!("{report}");
+    let dir = out_dir("bench")?;
+    let results = json!({"scenarios": best, "sweep": sweep, "memory": memory});
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(dir.join("results.md"), &report)?;
+    let chart: Vec<Bar> = best.iter().map(|b| Bar { label: b.scenario.clone(), value: b.rps }).collect();
+    let title = format!("requests/s, wrk -t1 -c{}, best of {rounds}", args.connections);
+    bars(&dir.join("benchmark.svg"), &title, "requests per second", &chart)?;
+    if args.update_docs {
+        let path = root().join("docs/benchmark.md");
+        let doc = std::fs::read_to_string(&path)?;
+        let (Some(a), Some(b)) = (doc.find("<!-- bench:results:start"), doc.find("<!-- bench:results:end -->")) else {
+            bail!("docs/benchmark.md lacks the results markers")
+        };
+        let a = a + doc[a..].find('\n').unwrap_or(0) + 1;
+        std::fs::write(&path, format!("{}{report}{}", &doc[..a], &doc[b..]))?;
+        std::fs::copy(dir.join("benchmark.svg"), root().join("docs/benchmark.svg"))?;
+    }
+    if args.strict { Ok(missed?) } else { Ok(()) }
+}
+
+type Report = (String, Result<(), crate::Missed>);
+
+fn report(
+    args: &Args,
+    secs: f64,
+    rounds: usize,
+    best: &[Measure],
+    sweep: &[Measure],
+    memory: Option<&Value>,
+) -> Report {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = format!(
+        "`cargo xtask bench{}`: wrk -t1 -c{}, {secs} s per run, best of {rounds} interleaved round(s); {cores} cores, load average {} after.\n\n",
+        if args.quick { " --quick" } else { "" },
+        args.connections,
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    );
+    let rows: Vec<String> = best
+        .iter()
+        .map(|b| {
+            let rounds = b.rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / ");
+            format!(
+                "{}|{:.0}|{rounds}|{:.2}|{:.2}|{:.2}|{}|{}|{:.2}|{:.0}|{:.1}",
+                b.scenario,
+                b.rps,
+                b.p50_ms,
+                b.p99_ms,
+                b.p99_9_ms,
+                b.errors,
+                b.sources,
+                b.cpu_cores,
+                b.rps / b.cpu_cores.max(1e-9),
+                b.peak_rss_mib
+            )
+        })
+        .collect();
+    let header = "scenario|req/s (best)|all rounds|p50 ms|p99 ms|p99.9 ms|errors|answers by source (fallbacks by reason)|server CPU cores|req/s per core|peak RSS MiB";
+    out += &format!("\n{}\n", table(header, &rows));
+    let get = |k: &str| best.iter().find(|b| b.scenario == k);
+    let mut targets: Vec<(String, bool, String)> = Vec::new();
+    for (a, b, min) in
+        [("cache-hit", "bare-same", 0.8), ("breaker-open", "bare-unique", 0.8), ("miss", "upstream-direct", 0.5)]
+    {
+        if let (Some(x), Some(y)) = (get(a), get(b)) {
+            targets.push((format!("{a} >= {min}x {b}"), x.rps / y.rps >= min, format!("{:.2}x", x.rps / y.rps)));
+        }
+    }
+    let errors = best.iter().map(|b| b.errors).sum::<u64>() + memory.map_or(0, |m| m["errors"].as_u64().unwrap_or(0));
+    targets.push(("zero non-2xx (and socket errors) everywhere".into(), errors == 0, errors.to_string()));
+    for b in best.iter().filter(|b| ["cache-hit", "breaker-open"].contains(&b.scenario.as_str())) {
+        targets.push((
+            format!("p99 < {P99_GOAL_MS} ms at {} connections: {}", b.connections, b.scenario),
+            b.p99_ms < P99_GOAL_MS,
+            format!("{:.2} ms", b.p99_ms),
+        ));
+    }
+    let peak = best
+        .iter()
+        .filter(|b| get("cache-hit").is_some() && !b.scenario.starts_with("bare") && b.scenario != "upstream-direct")
+        .map(|b| b.peak_rss_mib)
+        .fold(0.0, f64::max);
+    targets.push(("peak RSS < 100 MiB in the proxy scenarios".into(), peak < 100.0, format!("{peak:.1} MiB")));
+    if let Some(m) = memory {
+        let rss = m["rss_mib"].as_f64().unwrap_or(f64::NAN);
+        targets.push((
+            format!("RSS after {} unique inputs <= 64 MiB cache bound + 50 MiB", m["inputs"]),
+            rss <= 114.0,
+            format!(
+                "{rss:.1} MiB (cache {} entries weighing {} bytes, {:.0} s)",
+                m["cache"]["entries"],
+                m["cache"]["weighted_bytes"],
+                m["seconds"].as_f64().unwrap_or(0.0)
+            ),
+        ));
+    }
+    let (table_of_targets, missed) = verdict(&targets);
+    out += &table_of_targets;
+    if !sweep.is_empty() {
+        out += "\nOne pod's worth (shout-proxy pinned to one CPU, wrk and the fake on the other): req/s / p99 ms / shout-proxy CPU by connections:\n\n";
+        let mut binding: Option<(&str, f64)> = None;
+        let rows: Vec<String> = ["cache-hit", "miss", "breaker-open"]
+            .iter()
+            .map(|kind| {
+                let points: Vec<&Measure> = sweep.iter().filter(|p| p.scenario == *kind).collect();
+                let top = points
+                    .iter()
+                    .filter(|p| p.p99_ms < P99_GOAL_MS && p.errors == 0)
+                    .max_by(|a, b| a.rps.total_cmp(&b.rps));
+                if let Some(p) = top.filter(|p| binding.is_none_or(|(_, r)| p.rps < r)) {
+                    binding = Some((kind, p.rps));
+                }
+                let cells = points
+                    .iter()
+                    .map(|p| format!("{:.0} / {:.1} / {:.2}", p.rps, p.p99_ms, p.cpu_cores))
+                    .collect::<Vec<_>>()
+                    .join("|");
+                format!(
+                    "{kind}|{cells}|{}",
+                    top.map_or("-".into(), |p| format!("{:.0} req/s (c={})", p.rps, p.connections))
+                )
+            })
+            .collect();
+        out += &table("path|c=1|c=2|c=4|c=8|c=16|c=32|sustained with p99 < 5 ms", &rows);
+        if let Some((kind, rps)) = binding {
+            out += &format!(
+                "\nHPA target: binding path `{kind}`, {rps:.0} req/s per pod within p99 < {P99_GOAL_MS} ms, x 0.6 headroom = **{:.0} req/s per pod**.\n",
+                (rps * 0.6 / 50.0).floor() * 50.0
+            );
+        }
+    }
+    (out, missed)
+}

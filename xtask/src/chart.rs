@@ -1,0 +1,74 @@
+//! Charts drawn with plotters (SVG backend): grouped horizontal bars, one group per scenario.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+/// One bar.
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+}
+
+/// Writes an SVG of horizontal bars with their values, titled, to `path`.
+pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
+    let height = 80 + 36 * bars.len() as u32;
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let max = bars.iter().map(|b| b.value).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(170)
+        .build_cartesian_2d(0.0..max, (0..bars.len()).into_segmented())
+        .map_err(|e| anyhow!("{e}"))?;
+    let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc(unit)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            let mut bar = Rectangle::new(
+                [(0.0, SegmentValue::Exact(i)), (b.value, SegmentValue::Exact(i + 1))],
+                BLUE.mix(0.6).filled(),
+            );
+            bar.set_margin(4, 4, 0, 0);
+            bar
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            Text::new(format!("{:.0}", b.value), (b.value, SegmentValue::CenterOf(i)), ("sans-serif", 14))
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bar_is_drawn_with_its_label_and_value() -> Result<()> {
+        let path = std::env::temp_dir().join(format!("xtask-chart-{}.svg", std::process::id()));
+        let input = [("miss", 7969.0), ("cache-hit", 34900.0)].map(|(l, v)| Bar { label: l.into(), value: v });
+        bars(&path, "title", "req/s", &input)?;
+        let svg = std::fs::read_to_string(&path)?;
+        std::fs::remove_file(&path)?;
+        for text in ["title", "miss", "cache-hit", "7969", "34900"] {
+            assert!(svg.contains(text), "{text} missing from the chart");
+        }
+        assert_eq!(svg.matches("opacity=\"0.6\" fill=\"#0000FF\"").count(), 2, "one filled bar per value");
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! Clients of the service: a well-behaved HTTP one that checks every answer against the
+//! crate's own transform, and raw TCP ones for hostile-client checks (bytes with pauses, then
+//! watch when the server closes).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use shout_proxy::shout::transform::{reverse_graphemes, shout_locally};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The canonical answer, from the crate.
+pub fn expected(input: &str) -> String {
+    shout_locally(&reverse_graphemes(input))
+}
+
+/// What one request got.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub correct: bool,
+    /// `X-Shout-Source`, empty when absent.
+    pub source: String,
+    pub latency_ms: f64,
+    /// Why it was not correct (bounded), empty when it was.
+    pub error: String,
+}
+
+/// Sends shouts over a keep-alive pool.
+#[derive(Clone)]
+pub struct Shouter {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Shouter {
+    pub fn new(url: &str) -> Result<Shouter> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        Ok(Shouter { http, url: url.trim_end_matches('/').to_owned() })
+    }
+
+    /// Request `i` for `text`: JSON or form by parity, over `/`, `/v1`, `/v1/` in turn.
+    pub async fn shout(&self, i: usize, text: &str) -> Outcome {
+        let path = ["/", "/v1", "/v1/"][i % 3];
+        let request = self.http.post(format!("{}{path}", self.url));
+        let request = if i.is_multiple_of(2) {
+            request.header("content-type", "application/json").body(serde_json::json!({"data": text}).to_string())
+        } else {
+            let body: String = url_encode(text);
+            request.header("content-type", "application/x-www-form-urlencoded").body(format!("data={body}"))
+        };
+        let started = Instant::now();
+        let result = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let source =
+                response.headers().get("x-shout-source").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, source, body))
+        }
+        .await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok((status, source, body)) => {
+                let data = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["data"].as_str().map(str::to_owned));
+                let correct = status == 200 && data.as_deref() == Some(expected(text).as_str());
+                let error = if correct {
+                    String::new()
+                } else {
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(120)]))
+                };
+                Outcome { correct, source, latency_ms, error }
+            }
+            Err(e) => Outcome { correct: false, source: String::new(), latency_ms, error: e.to_string() },
+        }
+    }
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Nearest-rank percentile (`q` in 0..=1) of unsorted values; NaN when empty.
+pub fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted.get(rank - 1).copied().unwrap_or(f64::NAN)
+}
+
+/// A raw TCP connection for hostile-client checks.
+pub struct RawClient {
+    stream: TcpStream,
+}
+
+impl RawClient {
+    pub async fn connect(addr: &str) -> Result<RawClient> {
+        Ok(RawClient { stream: TcpStream::connect(addr).await? })
+    }
+
+    /// Writes each part, sleeping `pause` between them. A write error means the server closed.
+    pub async fn send(&mut self, parts: &[&[u8]], pause: Duration) -> std::io::Result<()> {
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            self.stream.write_all(part).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `within` for the server to close (EOF or reset), discarding (up to 64 KiB
+    /// of) whatever it sends first. `Some(bytes read)` when it closed, `None` when still open.
+    pub async fn closed_within(&mut self, within: Duration) -> Option<usize> {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        let deadline = tokio::time::Instant::now() + within;
+        while read < 65536 {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0) | Err(_)) => return Some(read),
+                Ok(Ok(n)) => read += n,
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_answers_come_from_the_crate() {
+        assert_eq!(expected("test"), "TSET");
+        assert_eq!(expected("straße"), "ESSARTS");
+        assert_eq!(expected("e\u{301}x"), "XE\u{301}");
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+}

@@ -1,0 +1,402 @@
+//! The fault drill: the resilience targets measured from outside, a fresh `shout-proxy` per
+//! fault mode against the fake upstream (or a refused port, or a server that resets).
+//!
+//! Targets: every valid request gets 200 and the crate's answer in every mode, and is counted
+//! once by the service; p99 < 1.5 x the deadline; hard down, upstream calls < 0.5 x requests;
+//! flaky 30 %, calls <= 1.3 x misses; recovery within the open period + 500 ms; slow clients,
+//! 500 stalled half-sent heads do not slow 1000 normal requests (p99 < 50 ms) and every one is
+//! closed by the server. Single faults request by request are `tests/api/`'s job; this is the
+//! release binary under load, counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::client::{Outcome, RawClient, Shouter, percentile};
+use crate::fake::Fake;
+use crate::proc::{Proxy, free_port, out_dir};
+use crate::prom::{Metrics, assert_delta};
+use crate::{table, verdict};
+
+const P99_LIMIT_MS: f64 = 1500.0; // 1.5 x the default 1 s deadline
+const OPEN_MS: f64 = 2000.0;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Modes to run (comma-separated names, `slow-clients` included); all when empty.
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Unique requests per mode.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Hard-down modes are spread over this many seconds so probes happen under load.
+    #[arg(long, default_value_t = 8.0)]
+    hard_down_secs: f64,
+    /// Runs of the flaky mode (whether its breaker trips is random).
+    #[arg(long, default_value_t = 3)]
+    flaky_runs: usize,
+    /// Extra flags for every proxy (an experiment: --proxy-arg=--retry-max=1).
+    #[arg(long)]
+    proxy_arg: Vec<String>,
+    /// Skip the recovery measurement.
+    #[arg(long)]
+    no_recovery: bool,
+}
+
+/// Fault modes in the order they run: name, upstream (`fake`, `refused`: a closed port,
+/// `reset`: a server that resets), the fake's knobs, and the kind: `hard` (every call fails:
+/// paced over --hard-down-secs so several open periods pass under load), `burst` (hard, unpaced),
+/// `flaky` (run --flaky-runs times), or `` (no extra target).
+const MODES: [(&str, &str, &str, &str); 12] = [
+    ("healthy", "fake", "{}", ""),
+    ("refused", "refused", "{}", "hard"),
+    ("hang", "fake", r#"{"mode": "hang"}"#, "hard"),
+    ("slow-150ms", "fake", r#"{"latency_ms": 150}"#, ""),
+    ("5xx-503", "fake", r#"{"mode": "fail", "failure_status": 503}"#, "hard"),
+    ("429", "fake", r#"{"mode": "fail", "failure_status": 429}"#, "hard"),
+    ("malformed", "fake", r#"{"mode": "malformed"}"#, "hard"),
+    ("wrong-output", "fake", r#"{"mode": "wrong"}"#, "hard"),
+    ("flaky-30%", "fake", r#"{"failure_rate": 0.3}"#, "flaky"),
+    ("reset", "reset", "{}", "hard"),
+    ("hang-burst", "fake", r#"{"mode": "hang"}"#, "burst"),
+    ("5xx-503-burst", "fake", r#"{"mode": "fail", "failure_status": 503}"#, "burst"),
+];
+
+/// Words mixed into the inputs: full case mapping, precomposed and combining accents, Greek, a
+/// flag and a ZWJ family (whole graphemes that a code-point reversal would tear apart).
+const WORDS: [&str; 12] = [
+    "hello",
+    "straße",
+    "ñandú",
+    "Ωmega",
+    "e\u{301}cole",
+    "cafe\u{301}",
+    "Ärger",
+    "🇫🇷 çava",
+    "a\u{308}pfel",
+    "👩\u{200d}👩\u{200d}👧 jump",
+    "résumé",
+    "día",
+];
+
+/// One mode's numbers (target/xtask/fault-drill.json).
+#[derive(Serialize)]
+struct Row {
+    mode: String,
+    correct: usize,
+    requests: usize,
+    /// Answers from upstream / cache / fallback.
+    sources: [usize; 3],
+    p50_ms: f64,
+    p99_ms: f64,
+    seconds: f64,
+    /// The fake's count or the reset server's accepted connections; `None`: the proxy's attempts.
+    upstream_calls: f64,
+    counted_upstream: bool,
+    breaker: Value,
+    trips: f64,
+    probes: f64,
+    fallbacks: Vec<(String, f64)>,
+    attempts: Vec<(String, f64)>,
+    retries: f64,
+    first_errors: Vec<String>,
+}
+
+/// Accepts connections, reads the request, and closes with SO_LINGER 0: a TCP reset.
+async fn reset_server() -> Result<(u16, Arc<AtomicU64>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (port, accepted) = (listener.local_addr()?.port(), Arc::new(AtomicU64::new(0)));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            #[allow(deprecated)] // the blocking close that deprecation warns of is the point: an RST
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            let _ = tokio::time::timeout(Duration::from_millis(50), stream.readable()).await;
+            let _ = stream.try_read(&mut [0u8; 65536]);
+        }
+    });
+    Ok((port, accepted))
+}
+
+/// Sends every input once from `concurrency` workers; request i starts no sooner than
+/// i x spread / n seconds in.
+async fn load(shouter: &Shouter, inputs: Vec<String>, concurrency: usize, spread: f64) -> (Vec<Outcome>, f64) {
+    let (inputs, next, started) = (Arc::new(inputs), Arc::new(AtomicUsize::new(0)), Instant::now());
+    let interval = spread / inputs.len().max(1) as f64;
+    let workers = (0..concurrency).map(|_| {
+        let (shouter, inputs, next) = (shouter.clone(), inputs.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(text) = inputs.get(i) else { break };
+                tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 * interval)).into()).await;
+                out.push(shouter.shout(i, text).await);
+            }
+            out
+        })
+    });
+    let mut all = Vec::new();
+    for worker in workers.collect::<Vec<_>>() {
+        all.extend(worker.await.unwrap_or_default());
+    }
+    (all, started.elapsed().as_secs_f64())
+}
+
+struct Drill {
+    args: Args,
+    fake: Fake,
+    reset: (u16, Arc<AtomicU64>),
+    run_id: u128,
+    rows: Vec<Row>,
+    targets: Vec<(String, bool, String)>,
+}
+
+impl Drill {
+    fn target(&mut self, target: String, ok: bool, measured: String) {
+        eprintln!("[drill] {} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
+        self.targets.push((target, ok, measured));
+    }
+
+    async fn proxy(&self, upstream: &str, name: &str) -> Result<Proxy> {
+        let mut extra = vec!["--breaker-open-ms", "2000"];
+        extra.extend(self.args.proxy_arg.iter().map(String::as_str));
+        Proxy::start(&format!("drill-{name}"), upstream, &extra).await
+    }
+
+    async fn upstream_count(&self, kind: &str) -> Result<Option<u64>> {
+        Ok(match kind {
+            "fake" => Some(self.fake.calls().await?),
+            "reset" => Some(self.reset.1.load(Ordering::Relaxed)),
+            _ => None,
+        })
+    }
+
+    async fn run_mode(&mut self, (name, kind, knobs, class): (&str, &str, &str, &str), label: &str) -> Result<()> {
+        self.fake.set(serde_json::from_str(knobs)?).await?;
+        let port = if kind == "reset" { self.reset.0 } else { free_port()? };
+        let url = if kind == "fake" { self.fake.shout_url() } else { format!("http://127.0.0.1:{port}/V1/SHOUT") };
+        let proxy = self.proxy(&url, label).await?;
+        let before = self.upstream_count(kind).await?;
+        let spread = if class == "hard" { self.args.hard_down_secs } else { 0.0 };
+        let inputs = (0..self.args.requests).map(|i| format!("{} {name} {} #{i}", WORDS[i % WORDS.len()], self.run_id));
+        let (outcomes, seconds) =
+            load(&Shouter::new(&proxy.url)?, inputs.collect(), self.args.concurrency, spread).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after = self.upstream_count(kind).await?;
+        let (metrics, status) = (proxy.metrics().await?, proxy.status().await?);
+        proxy.proc.assert_no_panic()?;
+        let upstream_calls = match (before, after) {
+            (Some(b), Some(a)) => (a - b) as f64,
+            _ => metrics.sum("shout_upstream_attempts_total"),
+        };
+        // Misses: answers not from the cache.
+        let answers = |s: &str| metrics.sample("shout_answers_total", &[("source", s)]);
+        let (n, misses) = (outcomes.len(), answers("upstream") + answers("fallback"));
+        let latencies: Vec<f64> = outcomes.iter().map(|o| o.latency_ms).collect();
+        let source = |s: &str| outcomes.iter().filter(|o| o.source == s).count();
+        let row = Row {
+            mode: label.into(),
+            correct: outcomes.iter().filter(|o| o.correct).count(),
+            requests: n,
+            sources: [source("upstream"), source("cache"), source("fallback")],
+            p50_ms: percentile(&latencies, 0.5),
+            p99_ms: percentile(&latencies, 0.99),
+            seconds,
+            upstream_calls,
+            counted_upstream: before.is_some(),
+            breaker: status["pipeline"]["breaker"].clone(),
+            trips: metrics.sample("shout_breaker_transitions_total", &[("state", "open")]),
+            probes: metrics.sample("shout_breaker_transitions_total", &[("state", "half_open")]),
+            fallbacks: metrics.by_label("shout_fallbacks_total", "reason"),
+            attempts: metrics.by_label("shout_upstream_attempts_total", "outcome"),
+            retries: metrics.sum("shout_upstream_retries_total"),
+            first_errors: outcomes.iter().filter(|o| !o.correct).take(5).map(|o| o.error.clone()).collect(),
+        };
+        self.target(format!("{label}: 100% correct"), row.correct == n, format!("{}/{n} correct", row.correct));
+        self.target(
+            format!("{label}: p99 < {P99_LIMIT_MS} ms"),
+            row.p99_ms < P99_LIMIT_MS,
+            format!("p99 {:.0} ms", row.p99_ms),
+        );
+        // N sent -> N counted, by the service's own counters.
+        let status_200 = [("http_response_status_code", "200")];
+        for (metric, labels) in
+            [("shout_answers_total", &[][..]), ("http_server_request_duration_seconds_count", &status_200)]
+        {
+            let counted = assert_delta(&Metrics::default(), &metrics, metric, labels, n as f64);
+            self.target(
+                format!("{label}: {metric} counts every request"),
+                counted.is_ok(),
+                counted.err().map_or(format!("{n} counted"), |e| e.to_string()),
+            );
+        }
+        self.target(format!("{label}: every request a cache miss"), misses == n as f64, format!("{misses} misses"));
+        let per_period = upstream_calls / (seconds * 1000.0 / OPEN_MS).max(1.0);
+        if class == "hard" || class == "burst" {
+            let measured = format!("{upstream_calls} calls for {n} requests; {per_period:.1} per {OPEN_MS} ms period");
+            self.target(format!("{label}: upstream calls < 0.5 x requests"), upstream_calls < 0.5 * n as f64, measured);
+        }
+        if class == "flaky" {
+            let measured =
+                format!("{upstream_calls} calls for {misses} misses = {:.2}x", upstream_calls / misses.max(1.0));
+            self.target(format!("{label}: upstream calls <= 1.3 x misses"), upstream_calls <= 1.3 * misses, measured);
+        }
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Trips the breaker on 503s, heals the fake at once, then one request every 100 ms until
+    /// one is answered by the upstream again; timed from the start of the request that tripped it.
+    async fn recovery(&mut self) -> Result<()> {
+        self.fake.set(json!({"mode": "fail"})).await?;
+        let proxy = self.proxy(&self.fake.shout_url(), "recovery").await?;
+        let shouter = Shouter::new(&proxy.url)?;
+        let mut tripped = None;
+        for i in 0..50 {
+            let started = Instant::now();
+            shouter.shout(i, &format!("trip {} #{i}", self.run_id)).await;
+            if proxy.status().await?["pipeline"]["breaker"]["state"] == "open" {
+                tripped = Some(started);
+                break;
+            }
+        }
+        let Some(tripped) = tripped else { bail!("recovery: the breaker did not open on 503s") };
+        self.fake.set(json!({})).await?;
+        let (healed, mut polls, mut back) = (Instant::now(), 0, None);
+        while back.is_none() && healed.elapsed() < Duration::from_secs(15) {
+            let t = Instant::now();
+            let o = shouter.shout(polls, &format!("recover {} #{polls}", self.run_id)).await;
+            polls += 1;
+            if !o.correct {
+                self.target("recovery: every poll answered correctly".into(), false, o.error);
+            }
+            back = (o.source == "upstream").then(Instant::now);
+            tokio::time::sleep_until((t + Duration::from_millis(100)).into()).await;
+        }
+        proxy.proc.assert_no_panic()?;
+        let measured = back.map_or("no upstream answer within 15 s".into(), |b| {
+            format!(
+                "{:.0} ms after the trip ({:.0} ms after healing, {polls} polls)",
+                (b - tripped).as_secs_f64() * 1e3,
+                (b - healed).as_secs_f64() * 1e3
+            )
+        });
+        let ok = back.is_some_and(|b| (b - tripped).as_secs_f64() * 1e3 <= OPEN_MS + 500.0);
+        self.target("recovery within open period + 500 ms".into(), ok, measured);
+        Ok(())
+    }
+
+    /// 500 connections send half a request head and stall; 1000 normal requests beside them
+    /// must keep p99 < 50 ms, and the server must close every stalled one after its header
+    /// read timeout (2 s here).
+    async fn slow_clients(&mut self) -> Result<()> {
+        let upstream = format!("http://127.0.0.1:{}/V1/SHOUT", free_port()?); // nothing listens: the fallback answers
+        let proxy = Proxy::start("drill-slow-clients", &upstream, &["--header-read-timeout-ms", "2000"]).await?;
+        let mut stalled = Vec::new();
+        for _ in 0..500 {
+            let mut c = RawClient::connect(proxy.url.trim_start_matches("http://")).await?;
+            c.send(&[b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"], Duration::ZERO).await?;
+            stalled.push(c);
+        }
+        let (stalled_at, shouter, mut latencies, mut wrong) = (Instant::now(), Shouter::new(&proxy.url)?, vec![], 0);
+        for i in 0..1000 {
+            let o = shouter.shout(i, &format!("normal {i}")).await;
+            latencies.push(o.latency_ms);
+            wrong += usize::from(!o.correct);
+        }
+        let wait = Duration::from_millis(3500).saturating_sub(stalled_at.elapsed());
+        let closed = futures_util::future::join_all(stalled.iter_mut().map(|c| c.closed_within(wait))).await;
+        let closed = closed.iter().filter(|c| c.is_some()).count();
+        proxy.proc.assert_no_panic()?;
+        let p99 = percentile(&latencies, 0.99);
+        let measured = format!("p50 {:.2} ms, p99 {p99:.2} ms, {wrong} wrong of 1000", percentile(&latencies, 0.5));
+        self.target(
+            "slow clients: p99 < 50 ms beside 500 stalled connections, all correct".into(),
+            p99 < 50.0 && wrong == 0,
+            measured,
+        );
+        self.target(
+            "slow clients: every stalled connection closed by the server".into(),
+            closed == 500,
+            format!("{closed}/500"),
+        );
+        Ok(())
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let (started, fake, reset) = (Instant::now(), Fake::start("drill-fake", &[]).await?, reset_server().await?);
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 100_000;
+    let mut d = Drill { fake, reset, run_id, rows: vec![], targets: vec![], args };
+    let wanted = |name: &str, args: &Args| args.modes.is_empty() || args.modes.iter().any(|m| m == name);
+    let modes: Vec<_> = MODES.into_iter().filter(|m| wanted(m.0, &d.args)).collect();
+    for mode in modes {
+        let runs = if mode.3 == "flaky" { d.args.flaky_runs } else { 1 };
+        for run in 1..=runs {
+            d.run_mode(mode, &if runs > 1 { format!("{}#{run}", mode.0) } else { mode.0.into() }).await?;
+        }
+        if mode.0 == "5xx-503" && !d.args.no_recovery {
+            d.recovery().await?;
+        }
+    }
+    if wanted("slow-clients", &d.args) {
+        d.slow_clients().await?;
+    }
+    d.fake.proc.assert_no_panic()?;
+    let mut report = format!(
+        "`cargo xtask drill`: {} unique requests per mode, {} concurrent, hard-down modes over {} s; proxy defaults with `--breaker-open-ms 2000` {}; a fresh proxy per mode; {:.0} s.\n\n",
+        d.args.requests,
+        d.args.concurrency,
+        d.args.hard_down_secs,
+        d.args.proxy_arg.join(" "),
+        started.elapsed().as_secs_f64()
+    );
+    let pairs = |v: &[(String, f64)]| {
+        v.iter().filter(|p| p.1 > 0.0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    };
+    let rows: Vec<String> = d
+        .rows
+        .iter()
+        .map(|r| {
+            let (b, s, calls) =
+                (&r.breaker, r.sources, format!("{}{}", r.upstream_calls, if r.counted_upstream { "" } else { "¹" }));
+            format!(
+                "{}|{}/{}|{}/{}/{}|{:.0} / {:.0}|{calls}|{:.1} s|{} ({}, {})|{}|{}|{}",
+                r.mode,
+                r.correct,
+                r.requests,
+                s[0],
+                s[1],
+                s[2],
+                r.p50_ms,
+                r.p99_ms,
+                r.seconds,
+                b["state"].as_str().unwrap_or("?"),
+                r.trips,
+                r.probes,
+                pairs(&r.fallbacks),
+                pairs(&r.attempts),
+                r.retries
+            )
+        })
+        .collect();
+    let header = "mode|correct|upstream/cache/fallback|p50 / p99 ms|upstream calls|duration|breaker at end (trips, probes)|fallbacks by reason|attempts by outcome|retries";
+    report += &table(header, &rows);
+    report += "\nUpstream calls: the fake's `GET /control` count, or the connections the reset server accepted; ¹ nothing listens on a refused port, so the proxy's `shout_upstream_attempts_total`.\n\n";
+    let (targets, missed) = verdict(&d.targets);
+    report += &targets;
+    println!("{report}");
+    std::fs::write(out_dir("")?.join("fault-drill.md"), &report)?;
+    let json = serde_json::to_string_pretty(&json!({"modes": d.rows, "targets": d.targets}))?;
+    std::fs::write(out_dir("")?.join("fault-drill.json"), json)?;
+    Ok(missed?)
+}

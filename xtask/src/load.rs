@@ -1,0 +1,110 @@
+//! Load from a real tool: wrk (Debian's `wrk`, installed by `.ci/run`), driven by
+//! `bench/lua/shout.lua`, whose `done()` prints one `BENCH_JSON {...}` line this module reads.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use tokio::process::Command;
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct Wrk<'a> {
+    pub url: &'a str,
+    pub duration: Duration,
+    pub connections: u32,
+    /// `same` (one fixed body) or `unique` (a new input per request).
+    pub inputs: &'a str,
+    /// JSON field: `data` for the proxy, `INPUT` for the fake upstream.
+    pub field: &'a str,
+    /// Put into every input, so inputs differ between runs.
+    pub run: &'a str,
+    /// Stop after this many responses.
+    pub limit: Option<u64>,
+    /// CPUs to pin wrk to (`taskset -c`).
+    pub cpus: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+}
+
+/// wrk's summary as the Lua `done()` prints it (latencies in microseconds).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Summary {
+    pub requests: u64,
+    pub duration_us: u64,
+    /// connect, read, write, status (non-2xx), timeout.
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub latency_us: Latency,
+}
+
+impl Summary {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / (self.duration_us.max(1) as f64 / 1e6)
+    }
+    /// Non-2xx answers plus socket errors.
+    pub fn errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+impl Wrk<'_> {
+    pub fn new(url: &str) -> Wrk<'_> {
+        Wrk {
+            url,
+            duration: Duration::from_secs(10),
+            connections: 32,
+            inputs: "unique",
+            field: "data",
+            run: "0",
+            limit: None,
+            cpus: None,
+        }
+    }
+
+    /// Runs wrk to the end and returns its summary.
+    pub async fn run(&self) -> Result<Summary> {
+        Self::finish(self.spawn()?).await
+    }
+
+    /// Starts wrk; [`Wrk::finish`] reads its summary (interrupt it first with `kill -INT` to
+    /// end it early: wrk prints its summary on SIGINT).
+    pub fn spawn(&self) -> Result<tokio::process::Child> {
+        let lua = crate::proc::root().join("bench/lua/shout.lua");
+        let mut cmd = match self.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus, "wrk"]);
+                c
+            }
+            None => Command::new("wrk"),
+        };
+        let duration = format!("-d{}s", self.duration.as_secs_f64().round().max(1.0)); // wrk takes whole seconds
+        cmd.args(["-t1", &format!("-c{}", self.connections), &duration, "--timeout", "10s", "-s"])
+            .arg(Path::new(&lua))
+            .arg(self.url)
+            .env("BENCH_INPUTS", self.inputs)
+            .env("BENCH_FIELD", self.field)
+            .env("BENCH_RUN", self.run)
+            .kill_on_drop(true);
+        if let Some(limit) = self.limit {
+            cmd.env("BENCH_LIMIT", limit.to_string());
+        }
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.spawn().context("running wrk (apt-get install wrk)")
+    }
+
+    pub async fn finish(child: tokio::process::Child) -> Result<Summary> {
+        let out = child.wait_with_output().await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("BENCH_JSON ")) else {
+            bail!("wrk printed no summary ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        };
+        Ok(serde_json::from_str(line)?)
+    }
+}

@@ -1,0 +1,212 @@
+//! Processes the harness starts: the release `shout-proxy`, the release `fake_shoutcloud`
+//! example, and any external server (redis-server, prometheus, alertmanager) on a free loopback
+//! port with a generated config file.
+//!
+//! Every process logs to a file under `target/xtask/` and is killed when its handle drops, so
+//! nothing outlives a failed check. Readiness is "a URL answers 2xx before a deadline", and
+//! [`Proc::assert_no_panic`] reads the log afterwards: a panic is a failure even when every
+//! answer was right.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+
+/// The repository root (the parent of `xtask/`).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `target/xtask/<sub>`, created.
+pub fn out_dir(sub: &str) -> Result<PathBuf> {
+    let dir = root().join("target/xtask").join(sub);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A loopback port nothing listens on right now. The listener is dropped before the child binds,
+/// a small race the children's own bind error would report.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A release binary of this workspace: `shout-proxy`, `examples/fake_shoutcloud`, `xtask`.
+pub fn release_bin(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let path = target.join("release").join(name);
+    if !path.exists() {
+        bail!("{} is missing: cargo build --release --bin shout-proxy --example fake_shoutcloud", path.display());
+    }
+    Ok(path)
+}
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `program args` with stdout and stderr appended to `target/xtask/logs/<name>.log`
+    /// and the `SHOUT_*` / `OTEL_*` variables removed, so only the given flags configure it.
+    pub fn spawn(name: &str, program: &Path, args: &[String]) -> Result<Proc> {
+        let log = out_dir("logs")?.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("SHOUT_") || key.starts_with("OTEL_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
+        Ok(Proc { name: name.to_owned(), log, child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Polls `url` until it answers 2xx (any answer when `any`); fails when the deadline passes
+    /// or the process exits.
+    pub async fn wait_ready(&mut self, url: &str, deadline: Duration, any: bool) -> Result<()> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited ({status}) before it was ready; see {}", self.name, self.log.display());
+            }
+            if http.get(url).send().await.is_ok_and(|r| any || r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("{} not ready at {url} after {deadline:?}; see {}", self.name, self.log.display())
+    }
+
+    /// Fails when the log shows a panic.
+    pub fn assert_no_panic(&self) -> Result<()> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        match log.lines().find(|line| line.contains("panicked")) {
+            Some(line) => bail!("{} panicked: {line}", self.name),
+            None => Ok(()),
+        }
+    }
+
+    /// Resident and peak resident memory (VmRSS, VmHWM) in MiB, from /proc.
+    pub fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let kib = |key: &str| -> f64 {
+            let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_default();
+            line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        };
+        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+
+    /// User + system CPU seconds of the process, from /proc (clock ticks of 1/100 s).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<f64> = after.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
+        (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+    }
+}
+
+/// The service under test, with its ports.
+pub struct Proxy {
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT` of the public API.
+    pub url: String,
+    /// `http://127.0.0.1:PORT` of the admin port (`/readyz`, `/metrics`, `/status`).
+    pub admin: String,
+}
+
+impl Proxy {
+    /// Starts the release `shout-proxy` against `upstream_url` with `extra` flags, ready.
+    pub async fn start(name: &str, upstream_url: &str, extra: &[&str]) -> Result<Proxy> {
+        Self::start_on(name, upstream_url, extra, None).await
+    }
+
+    /// As [`Proxy::start`], pinned to `cpus` (`taskset -c`, which execs: the pid is the proxy's).
+    pub async fn start_on(name: &str, upstream_url: &str, extra: &[&str], cpus: Option<&str>) -> Result<Proxy> {
+        let (port, admin) = (free_port()?, free_port()?);
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
+            "--upstream-url".into(),
+            upstream_url.into(),
+            "--drain-ms".into(),
+            "0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let bin = release_bin("shout-proxy")?;
+        let mut proc = match cpus {
+            Some(cpus) => {
+                args.splice(0..0, ["-c".to_owned(), cpus.to_owned(), bin.display().to_string()]);
+                Proc::spawn(name, Path::new("taskset"), &args)?
+            }
+            None => Proc::spawn(name, &bin, &args)?,
+        };
+        let admin = format!("http://127.0.0.1:{admin}");
+        proc.wait_ready(&format!("{admin}/readyz"), Duration::from_secs(15), false).await?;
+        Ok(Proxy { proc, url: format!("http://127.0.0.1:{port}"), admin })
+    }
+
+    /// One scrape of `/metrics`.
+    pub async fn metrics(&self) -> Result<crate::prom::Metrics> {
+        crate::prom::scrape(&format!("{}/metrics", self.admin)).await
+    }
+
+    /// `GET /status` as JSON.
+    pub async fn status(&self) -> Result<serde_json::Value> {
+        Ok(reqwest::get(format!("{}/status", self.admin)).await?.error_for_status()?.json().await?)
+    }
+}
+
+/// An external server on a free loopback port: `config` is written to
+/// `target/xtask/<name>/config` with `@PORT@` and `@DIR@` replaced, `args` get the same
+/// replacements, and the server is ready when `ready_path` answers 2xx over HTTP (pass `None`
+/// for a non-HTTP server such as redis-server: then ready is "the port accepts").
+pub struct External {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl External {
+    pub async fn start(
+        name: &str,
+        program: &str,
+        args: &[&str],
+        config: &str,
+        ready_path: Option<&str>,
+    ) -> Result<External> {
+        let port = free_port()?;
+        let dir = out_dir(name)?;
+        let fill = |s: &str| s.replace("@PORT@", &port.to_string()).replace("@DIR@", &dir.display().to_string());
+        std::fs::write(dir.join("config"), fill(config))?;
+        let args: Vec<String> = args.iter().map(|a| fill(a)).collect();
+        let mut proc = Proc::spawn(name, Path::new(program), &args)?;
+        match ready_path {
+            Some(path) => {
+                proc.wait_ready(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(30), false).await?
+            }
+            None => {
+                let start = Instant::now();
+                while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                    if start.elapsed() > Duration::from_secs(30) {
+                        bail!("{name} does not accept on {port}; see {}", proc.log.display());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Ok(External { proc, port })
+    }
+}

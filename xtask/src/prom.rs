@@ -1,0 +1,157 @@
+//! The one Prometheus text-format reader of the harness, and the helpers that assert metric
+//! values: scrape, read one sample or a family's sum, compare with what was sent.
+//!
+//! It reads what the checks need (name, labels, value) and skips comments; a line it cannot
+//! read is an error, so a malformed exposition fails the check instead of reading as zero.
+
+use anyhow::{Context, Result, bail};
+
+/// One sample: name, labels in exposition order, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// One scrape.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(pub Vec<Sample>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Result<Metrics> {
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            out.push(parse_line(line).with_context(|| format!("unreadable exposition line {line:?}"))?);
+        }
+        Ok(Metrics(out))
+    }
+
+    /// The sample of `name` whose labels include every pair of `labels`, summed when several
+    /// match (so `sample("x", &[])` is the family's sum); 0 when none does.
+    pub fn sample(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|s| {
+                s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+            })
+            .map(|s| s.value)
+            .sum()
+    }
+
+    /// The family's sum over every series.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.sample(name, &[])
+    }
+
+    /// `name` summed by the value of `label`, in first-seen order.
+    pub fn by_label(&self, name: &str, label: &str) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for s in self.0.iter().filter(|s| s.name == name) {
+            let Some((_, v)) = s.labels.iter().find(|(k, _)| k == label) else { continue };
+            match out.iter_mut().find(|(k, _)| k == v) {
+                Some(entry) => entry.1 += s.value,
+                None => out.push((v.clone(), s.value)),
+            }
+        }
+        out
+    }
+
+    /// Whether any sample of `name` exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|s| s.name == name)
+    }
+}
+
+fn parse_line(line: &str) -> Result<Sample> {
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).context("no value")?;
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(body) = rest.strip_prefix('{') {
+        let mut chars = body.char_indices();
+        let (mut key, mut value, mut in_value, mut escaped) = (String::new(), String::new(), false, false);
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match (in_value, c) {
+                (false, '}') => {
+                    end = Some(i);
+                    break;
+                }
+                (false, ',' | ' ') => {}
+                (false, '=') => {
+                    if chars.next().map(|(_, c)| c) != Some('"') {
+                        bail!("label value not quoted");
+                    }
+                    in_value = true;
+                }
+                (false, c) => key.push(c),
+                (true, c) if escaped => {
+                    value.push(if c == 'n' { '\n' } else { c });
+                    escaped = false;
+                }
+                (true, '\\') => escaped = true,
+                (true, '"') => {
+                    labels.push((std::mem::take(&mut key), std::mem::take(&mut value)));
+                    in_value = false;
+                }
+                (true, c) => value.push(c),
+            }
+        }
+        rest = &body[end.context("labels not closed")? + 1..];
+    }
+    let value = rest.split_whitespace().next().context("no value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().with_context(|| format!("value {v:?}"))?,
+    };
+    Ok(Sample { name: name.to_owned(), labels, value })
+}
+
+/// One scrape of a `/metrics` URL.
+pub async fn scrape(url: &str) -> Result<Metrics> {
+    let text = reqwest::get(url).await?.error_for_status()?.text().await?;
+    Metrics::parse(&text)
+}
+
+/// Fails unless `after - before` of the sample equals `expected`: the way a check proves a
+/// counter counted exactly what it sent.
+pub fn assert_delta(
+    before: &Metrics,
+    after: &Metrics,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+) -> Result<()> {
+    let delta = after.sample(name, labels) - before.sample(name, labels);
+    if (delta - expected).abs() > 1e-9 {
+        bail!("{name}{labels:?} grew by {delta}, expected {expected}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_labels_with_escapes_and_sums_a_family() -> Result<()> {
+        let m = Metrics::parse(
+            "# HELP x y\nshout_answers_total{source=\"cache\"} 3\nshout_answers_total{source=\"a,\\\"b\\\"\",z=\"1\"} 4\nup 1\nh_bucket{le=\"+Inf\"} 7\n",
+        )?;
+        assert_eq!(m.sample("shout_answers_total", &[("source", "cache")]), 3.0);
+        assert_eq!(m.sample("shout_answers_total", &[("source", "a,\"b\"")]), 4.0);
+        assert_eq!(m.sum("shout_answers_total"), 7.0);
+        assert_eq!(m.by_label("shout_answers_total", "z"), vec![("1".to_owned(), 4.0)]);
+        assert_eq!(m.sample("h_bucket", &[("le", "+Inf")]), 7.0);
+        assert_eq!(m.sum("up"), 1.0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_malformed_line_is_an_error() {
+        assert!(Metrics::parse("x{a=\"1\" 2\n").is_err());
+        assert!(Metrics::parse("x notanumber\n").is_err());
+    }
+}

@@ -1,0 +1,562 @@
+//! The query check: shout-proxy under a scripted load (flaky, slow, failing, healed upstream)
+//! scraped every second by a real Prometheus with the alert rules loaded, then every dashboard
+//! and alert query run through Prometheus's HTTP API.
+//!
+//! What it proves: every contract metric is exported and shown by the dashboard; the dashboard
+//! is importable by the Grafana sidecar (no `__inputs`, a datasource variable, unique panel ids,
+//! no overlaps); every query parses, and every dashboard query on our own metrics returns data;
+//! the names a query uses exist (metric names in the exposition, label names on the metric,
+//! `=` values among those seen; names come from `promql-parser`, so `or vector(0)` cannot hide a
+//! misspelt metric); every alert is healthy and its runbook link, the runbook's panel
+//! references and `/status` fields exist; `promtool check metrics` has nothing to say.
+//! The static checks (promtool rules and tests, k8s copies, kustomize) stay in
+//! `.ci/prometheus-check.sh`, which calls this.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{self, Expr};
+use serde_json::{Value, json};
+
+use crate::Missed;
+use crate::fake::Fake;
+use crate::proc::{External, Proxy, root};
+use crate::prom::Metrics;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+/// Metric families of the contract; `:h` marks a histogram (`_bucket`, `_count`, `_sum`).
+const CONTRACT: &str =
+    "http_server_request_duration_seconds:h http_server_active_requests shout_upstream_attempts_total
+    shout_upstream_attempt_duration_seconds:h shout_upstream_retries_total shout_upstream_retry_budget_exhausted_total
+    shout_breaker_state shout_breaker_transitions_total shout_breaker_rejected_total shout_answers_total
+    shout_fallbacks_total shout_upstream_disagreements_total shout_cache_entries shout_cache_weighted_bytes
+    shout_upstream_concurrency_limit shout_upstream_in_flight shout_upstream_limit_rejected_total shout_deadline_seconds
+    shout_connections_open shout_connections_max shout_connections_closed_total shout_trace_spans_dropped_total
+    shout_build_info process_cpu_seconds_total process_resident_memory_bytes process_open_fds process_max_fds
+    process_start_time_seconds";
+/// What the scripted load must have produced, or the panels' data proves nothing.
+const SCENARIO: &str = r#"shout_answers_total{source="upstream"} shout_answers_total{source="cache"}
+    shout_answers_total{source="fallback"} shout_fallbacks_total{reason="breaker_open"}
+    shout_upstream_attempts_total{outcome="server_error"} shout_upstream_attempts_total{outcome="timeout"}
+    shout_upstream_retries_total shout_breaker_transitions_total{state="open"} shout_breaker_transitions_total{state="half_open"}
+    shout_breaker_transitions_total{state="closed"}
+    http_server_request_duration_seconds_count{http_response_status_code="400"}
+    http_server_request_duration_seconds_count{http_response_status_code="404"}"#;
+/// kube-state-metrics series: no kube-state-metrics runs here, so a query made only of these
+/// may come back empty (it must still parse).
+const KSM: [&str; 14] = [
+    "kube_deployment_status_replicas",
+    "kube_deployment_spec_replicas",
+    "kube_horizontalpodautoscaler_status_current_replicas",
+    "kube_horizontalpodautoscaler_spec_max_replicas",
+    "kube_horizontalpodautoscaler_status_target_metric",
+    "kube_horizontalpodautoscaler_spec_target_metric",
+    "kube_horizontalpodautoscaler_status_condition",
+    "kube_pod_container_resource_requests",
+    "kube_pod_container_resource_limits",
+    "kube_pod_container_status_restarts_total",
+    "kube_pod_container_status_last_terminated_reason",
+    "container_cpu_usage_seconds_total",
+    "container_cpu_cfs_throttled_periods_total",
+    "container_cpu_cfs_periods_total",
+];
+/// Labels the scrape adds, on every series but not in /metrics.
+const TARGET_LABELS: [&str; 7] = ["job", "instance", "namespace", "pod", "service", "endpoint", "container"];
+
+/// Series name -> label name -> values seen.
+type Exposition = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+/// Names a query uses: metric names, selectors' matchers, grouping labels.
+#[derive(Default)]
+struct Names {
+    metrics: BTreeSet<String>,
+    matchers: Vec<(String, String, bool, String)>,
+    grouping: BTreeSet<String>,
+}
+
+fn walk(e: &Expr, n: &mut Names) {
+    let selector = |vs: &parser::VectorSelector, n: &mut Names| {
+        let name = vs.name.clone().unwrap_or_default();
+        n.metrics.insert(name.clone());
+        for m in &vs.matchers.matchers {
+            n.matchers.push((name.clone(), m.name.clone(), matches!(m.op, MatchOp::Equal), m.value.clone()));
+        }
+    };
+    match e {
+        Expr::Aggregate(a) => {
+            n.grouping.extend(a.modifier.iter().flat_map(|m| m.labels().labels.iter().cloned()));
+            walk(&a.expr, n);
+            a.param.iter().for_each(|p| walk(p, n));
+        }
+        Expr::Unary(u) => walk(&u.expr, n),
+        Expr::Binary(b) => {
+            if let Some(m) = &b.modifier {
+                n.grouping.extend(m.matching.iter().flat_map(|l| l.labels().labels.iter().cloned()));
+                n.grouping.extend(m.card.labels().into_iter().flat_map(|l| l.labels.iter().cloned()));
+            }
+            walk(&b.lhs, n);
+            walk(&b.rhs, n);
+        }
+        Expr::Paren(p) => walk(&p.expr, n),
+        Expr::Subquery(s) => walk(&s.expr, n),
+        Expr::VectorSelector(vs) => selector(vs, n),
+        Expr::MatrixSelector(ms) => selector(&ms.vs, n),
+        Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, n)),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+struct Check {
+    prom: String,
+    http: reqwest::Client,
+    exposition: Exposition,
+    failures: Vec<String>,
+}
+
+impl Check {
+    fn fail(&mut self, msg: String) {
+        self.failures.push(msg);
+    }
+
+    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Result<Value> {
+        Ok(self.http.get(format!("{}{path}", self.prom)).query(query).send().await?.json().await?)
+    }
+
+    /// (parsed, results, error).
+    async fn query(&self, expr: &str) -> Result<(bool, usize, String)> {
+        let body = self.api("/api/v1/query", &[("query", expr)]).await?;
+        if body["status"] != "success" {
+            return Ok((false, 0, format!("{}: {}", body["errorType"], body["error"])));
+        }
+        let r = &body["data"]["result"];
+        Ok((true, r.as_array().map_or(1, Vec::len), String::new()))
+    }
+
+    /// Fails on names the service does not export; returns the query's metric names.
+    fn names(&mut self, id: &str, expr: &str) -> BTreeSet<String> {
+        let ast = match parser::parse(expr) {
+            Ok(ast) => ast,
+            Err(e) => {
+                self.fail(format!("{id}: promql-parser rejects {expr:?}: {e}"));
+                return BTreeSet::new();
+            }
+        };
+        let mut n = Names::default();
+        walk(&ast, &mut n);
+        n.metrics.remove("");
+        if n.metrics.is_empty() {
+            self.fail(format!("{id}: no metric name in {expr:?}"));
+        }
+        for name in &n.metrics {
+            if !self.exposition.contains_key(name) && !KSM.contains(&name.as_str()) && name != "up" {
+                self.fail(format!(
+                    "{id}: metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"
+                ));
+            }
+        }
+        let mut available: BTreeSet<String> = TARGET_LABELS.iter().chain(&["le"]).map(|s| s.to_string()).collect();
+        for (metric, label, equal, value) in &n.matchers {
+            let Some(labels) = self.exposition.get(metric) else { continue };
+            if TARGET_LABELS.contains(&label.as_str()) || label == "__name__" {
+                continue;
+            }
+            match labels.get(label) {
+                None => self.fail(format!("{id}: label {label} is not on {metric}")),
+                Some(values) if *equal && !values.contains(value) => {
+                    self.fail(format!("{id}: {metric}{{{label}=\"{value}\"}} never seen"))
+                }
+                _ => {}
+            }
+        }
+        let own: Vec<String> = n.metrics.iter().filter(|m| self.exposition.contains_key(*m)).cloned().collect();
+        for m in &own {
+            available.extend(self.exposition[m].keys().cloned());
+        }
+        if !own.is_empty() {
+            for label in n.grouping.difference(&available) {
+                self.fail(format!("{id}: grouping label {label} is on none of {own:?}"));
+            }
+        }
+        n.metrics
+    }
+}
+
+fn walk_panels(panels: &Value, out: &mut Vec<Value>) {
+    for p in panels.as_array().into_iter().flatten() {
+        out.push(p.clone());
+        walk_panels(&p["panels"], out);
+    }
+}
+
+/// Sidecar-importable: no __inputs, a datasource variable, namespace/pod query variables,
+/// unique panel ids, no overlapping panels, every panel on `${datasource}` with a query.
+fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
+    if dash.get("__inputs").is_some()
+        || dash["schemaVersion"].as_u64().unwrap_or(0) < 36
+        || dash["uid"].as_str().unwrap_or("").is_empty()
+    {
+        c.fail("dashboard: has __inputs, schemaVersion < 36 or no uid".into());
+    }
+    let vars = dash["templating"]["list"].as_array().cloned().unwrap_or_default();
+    let var = |name: &str| vars.iter().find(|v| v["name"] == name).cloned().unwrap_or(Value::Null);
+    if var("datasource")["type"] != "datasource"
+        || var("datasource")["query"] != "prometheus"
+        || var("namespace")["type"] != "query"
+        || var("pod")["type"] != "query"
+    {
+        c.fail("dashboard lacks a datasource/prometheus variable or namespace/pod query variables".into());
+    }
+    let mut boxes: Vec<(u64, [u64; 4])> = Vec::new();
+    for p in panels {
+        let id = p["id"].as_u64().unwrap_or(0);
+        let g = ["x", "y", "w", "h"].map(|k| p["gridPos"][k].as_u64().unwrap_or(0));
+        if boxes.iter().any(|(other, _)| *other == id) {
+            c.fail(format!("panel id {id} is used twice"));
+        }
+        for (other, o) in &boxes {
+            if g[0] < o[0] + o[2] && o[0] < g[0] + g[2] && g[1] < o[1] + o[3] && o[1] < g[1] + g[3] {
+                c.fail(format!("panel {id} overlaps panel {other}"));
+            }
+        }
+        boxes.push((id, g));
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().cloned().unwrap_or_default();
+        if targets.is_empty()
+            || std::iter::once(&p["datasource"])
+                .chain(targets.iter().map(|t| &t["datasource"]))
+                .any(|d| d["uid"] != "${datasource}")
+        {
+            c.fail(format!("panel {id} ({}): no query, or a datasource other than ${{datasource}}", p["title"]));
+        }
+    }
+}
+
+/// GitHub's anchors of the runbook's headings; its `**Row › Panel**` references and `/status`
+/// field names must exist.
+fn check_runbook(runbook: &str, dash: &Value, status: &Value, c: &mut Check) -> BTreeSet<String> {
+    let text = runbook.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut panels = BTreeSet::new();
+    let mut row = String::new();
+    for p in dash["panels"].as_array().into_iter().flatten() {
+        let title = p["title"].as_str().unwrap_or("").to_owned();
+        if p["type"] == "row" {
+            row = title;
+            panels.extend(
+                p["panels"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|q| format!("{row} › {}", q["title"].as_str().unwrap_or(""))),
+            );
+        } else {
+            panels.insert(format!("{row} › {title}"));
+        }
+    }
+    let refs: Vec<&str> = text.split("**").skip(1).step_by(2).filter(|s| s.contains(" › ")).collect();
+    if refs.is_empty() {
+        c.fail("the runbook names no dashboard panel (**Row › Panel**)".into());
+    }
+    for r in refs.iter().filter(|r| !panels.contains(**r)) {
+        c.fail(format!("the runbook names panel **{r}**, which the dashboard does not have"));
+    }
+    let fields: BTreeSet<&str> = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("pipeline.") && s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_' || ch == '.'))
+        .collect();
+    if fields.is_empty() {
+        c.fail("the runbook names no /status field".into());
+    }
+    for f in fields {
+        if f.split('.').try_fold(status, |node, key| node.get(key)).is_none() {
+            c.fail(format!("the runbook names /status field {f}, which /status does not have"));
+        }
+    }
+    runbook
+        .lines()
+        .filter_map(|l| l.trim_start_matches('#').strip_prefix(' ').filter(|_| l.starts_with('#')))
+        .map(|h| {
+            h.trim()
+                .to_lowercase()
+                .chars()
+                .filter(|ch| ch.is_alphanumeric() || *ch == '-' || *ch == '_' || *ch == ' ')
+                .collect::<String>()
+                .replace(' ', "-")
+        })
+        .collect()
+}
+
+/// Four clients looping over every public path (unique and repeated inputs, JSON and form,
+/// malformed JSON, a missing field, an unknown path, /health) until `secs` pass.
+async fn load(url: &str, secs: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let client = |id: u64| async move {
+        let (http, mut i) = (reqwest::Client::new(), 0u64);
+        while Instant::now() < until {
+            i += 1;
+            let json =
+                |body: String| http.post(format!("{url}/v1")).header("content-type", "application/json").body(body);
+            let form = |body: String| {
+                http.post(format!("{url}/v1/")).header("content-type", "application/x-www-form-urlencoded").body(body)
+            };
+            let mut requests = vec![
+                json(format!(r#"{{"data": "json {id} {i}"}}"#)),
+                json(format!(r#"{{"data": "hello cache {}"}}"#, i % 7)),
+                form(format!("data=form+{id}+{i}")),
+                form(format!("data=form+repeated+{}", i % 5)),
+            ];
+            if i.is_multiple_of(5) {
+                requests.extend([
+                    json(r#"{"data": "#.into()),
+                    json(r#"{"other": "x"}"#.into()),
+                    http.get(format!("{url}/no/such")),
+                ]);
+                requests.push(http.get(format!("{url}/health")));
+            }
+            for r in requests {
+                let code = r.timeout(Duration::from_secs(5)).send().await.map_or(0, |r| r.status().as_u16());
+                *codes.lock().expect("no panics while held").entry(code).or_default() += 1;
+            }
+        }
+    };
+    futures_util::future::join_all((0..4).map(client)).await;
+}
+
+async fn breaker_is(proxy: &Proxy, state: &str) -> Result<bool> {
+    Ok(proxy.metrics().await?.sample("shout_breaker_state", &[("state", state)]) == 1.0)
+}
+
+async fn load_until(proxy: &Proxy, state: &str, max: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) -> Result<()> {
+    let start = Instant::now();
+    while !breaker_is(proxy, state).await? {
+        if start.elapsed() > Duration::from_secs(max) {
+            bail!("the breaker did not reach {state} within {max} s");
+        }
+        load(&proxy.url, 5, codes).await;
+    }
+    eprintln!("[promcheck] breaker: {state}");
+    Ok(())
+}
+
+pub async fn run(_: Args) -> Result<()> {
+    let started = Instant::now();
+    let fake = Fake::start("promcheck-fake", &["--failure-rate", "0.3", "--latency-ms", "5"]).await?;
+    let proxy = Proxy::start(
+        "promcheck-proxy",
+        &fake.shout_url(),
+        &["--breaker-open-ms", "1000", "--breaker-max-open-ms", "4000"],
+    )
+    .await?;
+    let config = std::fs::read_to_string(root().join("prometheus/prometheus-check.yml"))?
+        .replace("@ADMIN_TARGET@", proxy.admin.trim_start_matches("http://"))
+        .replace("@RULES_FILE@", &root().join("prometheus/alerts.yaml").canonicalize()?.display().to_string());
+    let prometheus = External::start(
+        "promcheck-prometheus",
+        "prometheus",
+        &[
+            "--config.file=@DIR@/config",
+            "--storage.tsdb.path=@DIR@/data",
+            "--web.listen-address=127.0.0.1:@PORT@",
+            "--log.level=warn",
+        ],
+        &config,
+        Some("/-/ready"),
+    )
+    .await?;
+    let codes = Arc::new(Mutex::new(BTreeMap::new()));
+    eprintln!("[promcheck] load: flaky upstream (30 % failures), 20 s");
+    load(&proxy.url, 20, &codes).await;
+    eprintln!("[promcheck] load: slow upstream (400 ms > attempt timeout), 10 s");
+    fake.set(json!({"latency_ms": 400})).await?;
+    load(&proxy.url, 10, &codes).await;
+    eprintln!("[promcheck] load: failing upstream until the breaker opens, then 5 s");
+    fake.set(json!({"mode": "fail", "latency_ms": 5})).await?;
+    load_until(&proxy, "open", 40, &codes).await?;
+    load(&proxy.url, 5, &codes).await;
+    eprintln!("[promcheck] load: flaky again until the breaker closes, then 10 s");
+    fake.set(json!({"latency_ms": 5, "failure_rate": 0.3})).await?;
+    load_until(&proxy, "closed", 60, &codes).await?;
+    load(&proxy.url, 10, &codes).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let text = reqwest::get(format!("{}/metrics", proxy.admin)).await?.text().await?;
+    let metrics = Metrics::parse(&text)?;
+    let status = proxy.status().await?;
+    let mut exposition = Exposition::new();
+    for s in &metrics.0 {
+        let labels = exposition.entry(s.name.clone()).or_default();
+        for (k, v) in &s.labels {
+            labels.entry(k.clone()).or_default().insert(v.clone());
+        }
+    }
+    let mut c = Check {
+        prom: format!("http://127.0.0.1:{}", prometheus.port),
+        http: reqwest::Client::new(),
+        exposition,
+        failures: vec![],
+    };
+    let codes = codes.lock().map(|c| c.clone()).unwrap_or_default();
+    eprintln!("[promcheck] responses by status: {codes:?}");
+    for want in [200, 400, 404] {
+        if codes.get(&want).copied().unwrap_or(0) == 0 {
+            c.fail(format!("the load produced no {want}"));
+        }
+    }
+    for q in SCENARIO.split_whitespace().map(|s| format!("sum({s})")) {
+        let body = c.api("/api/v1/query", &[("query", &q)]).await?;
+        let v: f64 = body["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        eprintln!("  {q:<90} {v}");
+        if v <= 0.0 {
+            c.fail(format!("the run never produced {q}"));
+        }
+    }
+    let metrics_file = crate::proc::out_dir("promcheck-prometheus")?.join("metrics.txt");
+    std::fs::write(&metrics_file, &text)?;
+    let lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&metrics_file)?)
+        .output()?;
+    let lint = format!("{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    if !lint.trim().is_empty() {
+        c.fail(format!("promtool check metrics complained: {}", lint.chars().take(2000).collect::<String>()));
+    }
+    let contract: Vec<(&str, bool)> =
+        CONTRACT.split_whitespace().map(|f| (f.trim_end_matches(":h"), f.ends_with(":h"))).collect();
+    for (family, histogram) in &contract {
+        let series = if *histogram {
+            ["_bucket", "_count", "_sum"].map(|s| format!("{family}{s}")).to_vec()
+        } else {
+            vec![family.to_string()]
+        };
+        for s in series.iter().filter(|s| !metrics.has(s)) {
+            c.fail(format!("contract metric {s} is missing from /metrics"));
+        }
+    }
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(root().join("grafana/shout-proxy.json"))?)?;
+    let runbook = std::fs::read_to_string(root().join("docs/runbook.md"))?;
+    let mut panels = Vec::new();
+    walk_panels(&dash["panels"], &mut panels);
+    check_dashboard(&dash, &panels, &mut c);
+    let anchors = check_runbook(&runbook, &dash, &status, &mut c);
+    let vars = [
+        ("${__rate_interval}", "1m"),
+        ("$__rate_interval", "1m"),
+        ("${namespace}", "shout-ci"),
+        ("$namespace", "shout-ci"),
+    ];
+    let vars = vars.into_iter().chain([("${pod}", "shout-proxy-ci-0"), ("$pod", "shout-proxy-ci-0")]);
+    let substitute = |e: &str| vars.clone().fold(e.to_owned(), |e, (var, value)| e.replace(var, value));
+    let (mut rows, mut used) = (Vec::new(), BTreeSet::new());
+    for v in dash["templating"]["list"].as_array().into_iter().flatten().filter(|v| v["type"] == "query") {
+        let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or("");
+        let Some((expr, label)) =
+            q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).and_then(|r| r.rsplit_once(','))
+        else {
+            c.fail(format!("var:{}: not a label_values(expr, label) query: {q:?}", v["name"]));
+            continue;
+        };
+        let (expr, label) = (substitute(expr), label.trim());
+        used.extend(c.names(&format!("var:{}", v["name"]), &expr));
+        let (ok, n, err) = c.query(&format!("count by ({label}) ({expr})")).await?;
+        if !ok || n == 0 {
+            c.fail(format!("var:{}: {err} (label {label} resolves to {n} values)", v["name"]));
+        }
+        rows.push(format!("var:{} {n}", v["name"]));
+    }
+    for p in &panels {
+        for t in p["targets"].as_array().into_iter().flatten().filter(|t| t["expr"].is_string()) {
+            let id = format!("panel{}/{}", p["id"], t["refId"].as_str().unwrap_or(""));
+            let expr = substitute(t["expr"].as_str().unwrap_or(""));
+            let names = c.names(&id, &expr);
+            let ksm_only = !names.is_empty() && names.iter().all(|n| KSM.contains(&n.as_str()));
+            used.extend(names);
+            let (ok, n, err) = c.query(&expr).await?;
+            if !ok || (n == 0 && !ksm_only) {
+                c.fail(format!("{id} ({}): {}", p["title"], if ok { format!("no data for {expr:?}") } else { err }));
+            }
+            rows.push(format!(
+                "{id} {n}{}",
+                if ksm_only && n == 0 { " (kube-state-metrics only: empty allowed)" } else { "" }
+            ));
+        }
+    }
+    for (family, histogram) in &contract {
+        if !used.iter().any(|u| u == family || (*histogram && u.starts_with(family))) {
+            c.fail(format!("contract metric {family} is not shown by any dashboard query"));
+        }
+    }
+    let alerts_yaml = std::fs::read_to_string(root().join("prometheus/alerts.yaml"))?;
+    let expected = alerts_yaml.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
+    let loaded = c.api("/api/v1/rules", &[]).await?;
+    let rules: Vec<Value> = loaded["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["type"] == "alerting")
+        .collect();
+    if rules.len() != expected {
+        c.fail(format!("Prometheus loaded {} alerting rules, alerts.yaml has {expected}", rules.len()));
+    }
+    for r in &rules {
+        let id = format!("alert:{}", r["name"].as_str().unwrap_or(""));
+        let url = r["annotations"]["runbook_url"].as_str().unwrap_or("");
+        let anchor_ok = url
+            .split_once('#')
+            .is_some_and(|(page, anchor)| page.ends_with("docs/runbook.md") && anchors.contains(anchor));
+        if r["health"] != "ok"
+            || !anchor_ok
+            || r["annotations"]["summary"].is_null()
+            || r["annotations"]["description"].is_null()
+            || !["critical", "warning"].contains(&r["labels"]["severity"].as_str().unwrap_or(""))
+        {
+            c.fail(format!("{id}: health {}, runbook_url {url:?} (a heading of docs/runbook.md?), summary, description, severity critical|warning", r["health"]));
+        }
+        let query = r["query"].as_str().unwrap_or("");
+        c.names(&id, query);
+        let (ok, n, err) = c.query(query).await?;
+        if !ok {
+            c.fail(format!("{id}: {err}"));
+        }
+        rows.push(format!("{id} ({}) {n}", r["state"].as_str().unwrap_or("")));
+    }
+    for (p, name) in [(&proxy.proc, "proxy"), (&fake.proc, "fake"), (&prometheus.proc, "prometheus")] {
+        p.assert_no_panic().with_context(|| name.to_owned())?;
+    }
+    println!("query results:\n  {}", rows.join("\n  "));
+    println!(
+        "{} queries ({} alerts); {} s; the alerts need only parse (silent while the service is healthy)",
+        rows.len(),
+        rules.len(),
+        started.elapsed().as_secs()
+    );
+    if c.failures.is_empty() {
+        println!("promcheck: OK");
+        Ok(())
+    } else {
+        Err(Missed(c.failures).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_parsed_query_not_from_its_text() -> Result<(), String> {
+        let mut n = Names::default();
+        walk(&parser::parse(r#"sum by (pod) (rate(a_total{x="1"}[1m])) / on (pod) b or vector(0)"#)?, &mut n);
+        assert_eq!(n.metrics, BTreeSet::from(["a_total".to_owned(), "b".to_owned()]));
+        assert_eq!(n.grouping, BTreeSet::from(["pod".to_owned()]));
+        assert_eq!(n.matchers, vec![("a_total".into(), "x".into(), true, "1".into())]);
+        Ok(())
+    }
+}
