@@ -181,8 +181,18 @@ impl Check {
     }
 }
 
+/// The elements of a JSON array (none when it is not one).
+fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+/// A JSON string, empty when it is not one.
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
 fn walk_panels(panels: &Value, out: &mut Vec<Value>) {
-    for p in panels.as_array().into_iter().flatten() {
+    for p in items(panels) {
         out.push(p.clone());
         walk_panels(&p["panels"], out);
     }
@@ -193,7 +203,7 @@ fn walk_panels(panels: &Value, out: &mut Vec<Value>) {
 fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
     if dash.get("__inputs").is_some()
         || dash["schemaVersion"].as_u64().unwrap_or(0) < 36
-        || dash["uid"].as_str().unwrap_or("").is_empty()
+        || text(&dash["uid"]).is_empty()
     {
         c.fail("dashboard: has __inputs, schemaVersion < 36 or no uid".into());
     }
@@ -236,37 +246,27 @@ fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
 /// GitHub's anchors of the runbook's headings; its `**Row › Panel**` references and `/status`
 /// field names must exist.
 fn check_runbook(runbook: &str, dash: &Value, status: &Value, c: &mut Check) -> BTreeSet<String> {
-    let text = runbook.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = runbook.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut panels = BTreeSet::new();
     let mut row = String::new();
-    for p in dash["panels"].as_array().into_iter().flatten() {
-        let title = p["title"].as_str().unwrap_or("").to_owned();
+    for p in items(&dash["panels"]) {
         if p["type"] == "row" {
-            row = title;
-            panels.extend(
-                p["panels"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|q| format!("{row} › {}", q["title"].as_str().unwrap_or(""))),
-            );
+            row = text(&p["title"]).to_owned();
+            panels.extend(items(&p["panels"]).map(|q| format!("{row} › {}", text(&q["title"]))));
         } else {
-            panels.insert(format!("{row} › {title}"));
+            panels.insert(format!("{row} › {}", text(&p["title"])));
         }
     }
-    let refs: Vec<&str> = text.split("**").skip(1).step_by(2).filter(|s| s.contains(" › ")).collect();
+    let refs: Vec<&str> = flat.split("**").skip(1).step_by(2).filter(|s| s.contains(" › ")).collect();
     if refs.is_empty() {
         c.fail("the runbook names no dashboard panel (**Row › Panel**)".into());
     }
     for r in refs.iter().filter(|r| !panels.contains(**r)) {
         c.fail(format!("the runbook names panel **{r}**, which the dashboard does not have"));
     }
-    let fields: BTreeSet<&str> = text
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| s.starts_with("pipeline.") && s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_' || ch == '.'))
-        .collect();
+    let is_field =
+        |s: &&str| s.starts_with("pipeline.") && s.chars().all(|ch| ch.is_ascii_lowercase() || "_.".contains(ch));
+    let fields: BTreeSet<&str> = flat.split('`').skip(1).step_by(2).filter(is_field).collect();
     if fields.is_empty() {
         c.fail("the runbook names no /status field".into());
     }
@@ -382,8 +382,8 @@ pub async fn run(_: Args) -> Result<()> {
     load(&proxy.url, 10, &codes).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let text = reqwest::get(format!("{}/metrics", proxy.admin)).await?.text().await?;
-    let metrics = Metrics::parse(&text)?;
+    let exposed = reqwest::get(format!("{}/metrics", proxy.admin)).await?.text().await?;
+    let metrics = Metrics::parse(&exposed)?;
     let status = proxy.status().await?;
     let mut exposition = Exposition::new();
     for s in &metrics.0 {
@@ -414,7 +414,7 @@ pub async fn run(_: Args) -> Result<()> {
         }
     }
     let metrics_file = crate::proc::out_dir("promcheck-prometheus")?.join("metrics.txt");
-    std::fs::write(&metrics_file, &text)?;
+    std::fs::write(&metrics_file, &exposed)?;
     let lint = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(&metrics_file)?)
@@ -445,7 +445,7 @@ pub async fn run(_: Args) -> Result<()> {
     let vars = vars.into_iter().flat_map(|(k, v)| [(format!("${{{k}}}"), v), (format!("${k}"), v)]);
     let substitute = |e: &str| vars.clone().fold(e.to_owned(), |e, (var, value)| e.replace(&var, value));
     let (mut rows, mut used) = (Vec::new(), BTreeSet::new());
-    for v in dash["templating"]["list"].as_array().into_iter().flatten().filter(|v| v["type"] == "query") {
+    for v in items(&dash["templating"]["list"]).filter(|v| v["type"] == "query") {
         let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or("");
         let Some((expr, label)) =
             q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).and_then(|r| r.rsplit_once(','))
@@ -462,9 +462,9 @@ pub async fn run(_: Args) -> Result<()> {
         rows.push(format!("var:{} {n}", v["name"]));
     }
     for p in &panels {
-        for t in p["targets"].as_array().into_iter().flatten().filter(|t| t["expr"].is_string()) {
-            let id = format!("panel{}/{}", p["id"], t["refId"].as_str().unwrap_or(""));
-            let expr = substitute(t["expr"].as_str().unwrap_or(""));
+        for t in items(&p["targets"]).filter(|t| t["expr"].is_string()) {
+            let id = format!("panel{}/{}", p["id"], text(&t["refId"]));
+            let expr = substitute(text(&t["expr"]));
             let names = c.names(&id, &expr);
             let ksm_only = !names.is_empty() && names.iter().all(|n| is_ksm(n));
             used.extend(names);
@@ -486,19 +486,14 @@ pub async fn run(_: Args) -> Result<()> {
     let alerts_yaml = std::fs::read_to_string(root().join("prometheus/alerts.yaml"))?;
     let expected = alerts_yaml.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
     let loaded = c.api("/api/v1/rules", &[]).await?;
-    let rules: Vec<Value> = loaded["data"]["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-        .filter(|r| r["type"] == "alerting")
-        .collect();
+    let rules: Vec<&Value> =
+        items(&loaded["data"]["groups"]).flat_map(|g| items(&g["rules"])).filter(|r| r["type"] == "alerting").collect();
     if rules.len() != expected {
         c.fail(format!("Prometheus loaded {} alerting rules, alerts.yaml has {expected}", rules.len()));
     }
     for r in &rules {
-        let id = format!("alert:{}", r["name"].as_str().unwrap_or(""));
-        let url = r["annotations"]["runbook_url"].as_str().unwrap_or("");
+        let id = format!("alert:{}", text(&r["name"]));
+        let url = text(&r["annotations"]["runbook_url"]);
         let anchor_ok = url
             .split_once('#')
             .is_some_and(|(page, anchor)| page.ends_with("docs/runbook.md") && anchors.contains(anchor));
@@ -506,17 +501,17 @@ pub async fn run(_: Args) -> Result<()> {
             || !anchor_ok
             || r["annotations"]["summary"].is_null()
             || r["annotations"]["description"].is_null()
-            || !["critical", "warning"].contains(&r["labels"]["severity"].as_str().unwrap_or(""))
+            || !["critical", "warning"].contains(&text(&r["labels"]["severity"]))
         {
             c.fail(format!("{id}: health {}, runbook_url {url:?} (a heading of docs/runbook.md?), summary, description, severity critical|warning", r["health"]));
         }
-        let query = r["query"].as_str().unwrap_or("");
+        let query = text(&r["query"]);
         c.names(&id, query);
         let (ok, n, err) = c.query(query).await?;
         if !ok {
             c.fail(format!("{id}: {err}"));
         }
-        rows.push(format!("{id} ({}) {n}", r["state"].as_str().unwrap_or("")));
+        rows.push(format!("{id} ({}) {n}", text(&r["state"])));
     }
     for (p, name) in [(&proxy.proc, "proxy"), (&fake.proc, "fake"), (&prometheus.proc, "prometheus")] {
         p.assert_no_panic().with_context(|| name.to_owned())?;
