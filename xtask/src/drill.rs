@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -249,16 +249,7 @@ impl Drill {
         self.fake.set(json!({"mode": "fail"})).await?;
         let proxy = self.proxy(&self.fake.shout_url(), "recovery").await?;
         let shouter = Shouter::new(&proxy.url)?;
-        let mut tripped = None;
-        for i in 0..50 {
-            let started = Instant::now();
-            shouter.shout(i, &format!("trip {} #{i}", self.run_id)).await;
-            if proxy.status().await?["pipeline"]["breaker"]["state"] == "open" {
-                tripped = Some(started);
-                break;
-            }
-        }
-        let Some(tripped) = tripped else { bail!("recovery: the breaker did not open on 503s") };
+        let tripped = proxy.trip_breaker(&self.run_id.to_string()).await.context("recovery: on 503s")?;
         self.fake.set(json!({})).await?;
         let (healed, mut polls, mut back) = (Instant::now(), 0, None);
         while back.is_none() && healed.elapsed() < Duration::from_secs(15) {

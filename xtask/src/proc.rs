@@ -157,6 +157,20 @@ impl Proxy {
         crate::prom::scrape(&format!("{}/metrics", self.admin)).await
     }
 
+    /// Shouts unique inputs until `/status` reads the breaker open (at most 50); returns when the
+    /// request that tripped it started.
+    pub async fn trip_breaker(&self, tag: &str) -> Result<Instant> {
+        let shouter = crate::client::Shouter::new(&self.url)?;
+        for i in 0..50 {
+            let started = Instant::now();
+            shouter.shout(i, &format!("trip {tag} #{i}")).await;
+            if self.status().await?["pipeline"]["breaker"]["state"] == "open" {
+                return Ok(started);
+            }
+        }
+        bail!("{}: the breaker did not open after 50 requests", self.proc.name)
+    }
+
     /// `GET /status` as JSON.
     pub async fn status(&self) -> Result<serde_json::Value> {
         Ok(reqwest::get(format!("{}/status", self.admin)).await?.error_for_status()?.json().await?)
