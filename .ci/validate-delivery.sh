@@ -126,8 +126,8 @@ dst.mkdir(parents=True, exist_ok=True)
 for f in sorted(src.glob("*.yaml")):
     kept, crds = [], []
     for doc in f.read_text().split("\n---\n"):
-        api = next((l.split(":", 1)[1].strip() for l in doc.splitlines() if l.startswith("apiVersion:")), "")
-        kind = next((l.split(":", 1)[1].strip() for l in doc.splitlines() if l.startswith("kind:")), "")
+        top = dict(l.split(":", 1) for l in doc.splitlines() if l.startswith(("apiVersion:", "kind:")))
+        api, kind = top.get("apiVersion", "").strip(), top.get("kind", "").strip()
         (crds if api.split("/")[0] in groups else kept).append((doc, f"{kind} ({api})"))
     (dst / f.name).write_text("\n---\n".join(d for d, _ in kept) + "\n")
     for _, what in crds:
@@ -211,13 +211,9 @@ policy_checks() {
 import re, sys, yaml
 path = sys.argv[1]
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
-by_kind = {}
-for d in docs:
-    by_kind.setdefault(d["kind"], []).append(d)
+by_kind = {k: [d for d in docs if d["kind"] == k] for k in {d["kind"] for d in docs}}
 errors = []
-def need(cond, msg):
-    if not cond:
-        errors.append(msg)
+need = lambda cond, msg: cond or errors.append(msg)
 
 deps = [d for d in by_kind.get("Deployment", []) if d["metadata"]["name"] == "shout-proxy"]
 need(len(deps) == 1, "exactly one Deployment shout-proxy")
@@ -439,7 +435,8 @@ workflow_checks() {
 
 shell_checks() {
   section "shell"
-  if shellcheck .ci/validate-delivery.sh; then pass "shellcheck .ci/validate-delivery.sh"; else fail "shellcheck .ci/validate-delivery.sh"; fi
+  local scripts=(.ci/*.sh .ci/run prometheus/sync-k8s.sh)
+  if shellcheck "${scripts[@]}"; then pass "shellcheck ${scripts[*]}"; else fail "shellcheck ${scripts[*]}"; fi
 }
 
 # -------------------------------------------------------------------- main

@@ -309,12 +309,8 @@ async fn load(url: &str, secs: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) {
                 form(format!("data=form+repeated+{}", i % 5)),
             ];
             if i.is_multiple_of(5) {
-                requests.extend([
-                    json(r#"{"data": "#.into()),
-                    json(r#"{"other": "x"}"#.into()),
-                    http.get(format!("{url}/no/such")),
-                ]);
-                requests.push(http.get(format!("{url}/health")));
+                requests.extend([json(r#"{"data": "#.into()), json(r#"{"other": "x"}"#.into())]);
+                requests.extend([http.get(format!("{url}/no/such")), http.get(format!("{url}/health"))]);
             }
             for r in requests {
                 let code = r.timeout(Duration::from_secs(5)).send().await.map_or(0, |r| r.status().as_u16());
@@ -325,13 +321,9 @@ async fn load(url: &str, secs: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) {
     futures_util::future::join_all((0..4).map(client)).await;
 }
 
-async fn breaker_is(proxy: &Proxy, state: &str) -> Result<bool> {
-    Ok(proxy.metrics().await?.sample("shout_breaker_state", &[("state", state)]) == 1.0)
-}
-
 async fn load_until(proxy: &Proxy, state: &str, max: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) -> Result<()> {
     let start = Instant::now();
-    while !breaker_is(proxy, state).await? {
+    while proxy.metrics().await?.sample("shout_breaker_state", &[("state", state)]) != 1.0 {
         if start.elapsed() > Duration::from_secs(max) {
             bail!("the breaker did not reach {state} within {max} s");
         }
@@ -344,28 +336,14 @@ async fn load_until(proxy: &Proxy, state: &str, max: u64, codes: &Arc<Mutex<BTre
 pub async fn run(_: Args) -> Result<()> {
     let started = Instant::now();
     let fake = Fake::start("promcheck-fake", &["--failure-rate", "0.3", "--latency-ms", "5"]).await?;
-    let proxy = Proxy::start(
-        "promcheck-proxy",
-        &fake.shout_url(),
-        &["--breaker-open-ms", "1000", "--breaker-max-open-ms", "4000"],
-    )
-    .await?;
+    let flags = ["--breaker-open-ms", "1000", "--breaker-max-open-ms", "4000"];
+    let proxy = Proxy::start("promcheck-proxy", &fake.shout_url(), &flags).await?;
     let config = std::fs::read_to_string(root().join("prometheus/prometheus-check.yml"))?
         .replace("@ADMIN_TARGET@", proxy.admin.trim_start_matches("http://"))
         .replace("@RULES_FILE@", &root().join("prometheus/alerts.yaml").canonicalize()?.display().to_string());
-    let prometheus = External::start(
-        "promcheck-prometheus",
-        "prometheus",
-        &[
-            "--config.file=@DIR@/config",
-            "--storage.tsdb.path=@DIR@/data",
-            "--web.listen-address=127.0.0.1:@PORT@",
-            "--log.level=warn",
-        ],
-        &config,
-        Some("/-/ready"),
-    )
-    .await?;
+    let flags = "--config.file=@DIR@/config --storage.tsdb.path=@DIR@/data --web.listen-address=127.0.0.1:@PORT@";
+    let flags: Vec<&str> = flags.split(' ').chain(["--log.level=warn"]).collect();
+    let prometheus = External::start("promcheck-prometheus", "prometheus", &flags, &config, Some("/-/ready")).await?;
     let codes = Arc::new(Mutex::new(BTreeMap::new()));
     eprintln!("[promcheck] load: flaky upstream (30 % failures), 20 s");
     load(&proxy.url, 20, &codes).await;
@@ -392,12 +370,8 @@ pub async fn run(_: Args) -> Result<()> {
             labels.entry(k.clone()).or_default().insert(v.clone());
         }
     }
-    let mut c = Check {
-        prom: format!("http://127.0.0.1:{}", prometheus.port),
-        http: reqwest::Client::new(),
-        exposition,
-        failures: vec![],
-    };
+    let prom = format!("http://127.0.0.1:{}", prometheus.port);
+    let mut c = Check { prom, http: reqwest::Client::new(), exposition, failures: vec![] };
     let codes = codes.lock().map(|c| c.clone()).unwrap_or_default();
     eprintln!("[promcheck] responses by status: {codes:?}");
     for want in [200, 400, 404] {
@@ -426,12 +400,8 @@ pub async fn run(_: Args) -> Result<()> {
     let contract: Vec<(&str, bool)> =
         CONTRACT.split_whitespace().map(|f| (f.trim_end_matches(":h"), f.ends_with(":h"))).collect();
     for (family, histogram) in &contract {
-        let series = if *histogram {
-            ["_bucket", "_count", "_sum"].map(|s| format!("{family}{s}")).to_vec()
-        } else {
-            vec![family.to_string()]
-        };
-        for s in series.iter().filter(|s| !metrics.has(s)) {
+        let suffixes: &[&str] = if *histogram { &["_bucket", "_count", "_sum"] } else { &[""] };
+        for s in suffixes.iter().map(|x| format!("{family}{x}")).filter(|s| !metrics.has(s)) {
             c.fail(format!("contract metric {s} is missing from /metrics"));
         }
     }
