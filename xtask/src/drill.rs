@@ -149,7 +149,8 @@ struct Drill {
 }
 
 impl Drill {
-    fn target(&mut self, target: String, ok: bool, measured: String) {
+    fn target(&mut self, target: impl Into<String>, ok: bool, measured: String) {
+        let target = target.into();
         eprintln!("[drill] {} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
         self.targets.push((target, ok, measured));
     }
@@ -257,7 +258,7 @@ impl Drill {
             let o = shouter.shout(polls, &format!("recover {} #{polls}", self.run_id)).await;
             polls += 1;
             if !o.correct {
-                self.target("recovery: every poll answered correctly".into(), false, o.error);
+                self.target("recovery: every poll answered correctly", false, o.error);
             }
             back = (o.source == "upstream").then(Instant::now);
             tokio::time::sleep_until((t + Duration::from_millis(100)).into()).await;
@@ -271,7 +272,7 @@ impl Drill {
             )
         });
         let ok = back.is_some_and(|b| (b - tripped).as_secs_f64() * 1e3 <= OPEN_MS + 500.0);
-        self.target("recovery within open period + 500 ms".into(), ok, measured);
+        self.target("recovery within open period + 500 ms", ok, measured);
         Ok(())
     }
 
@@ -300,15 +301,12 @@ impl Drill {
         let p99 = percentile(&latencies, 0.99);
         let measured = format!("p50 {:.2} ms, p99 {p99:.2} ms, {wrong} wrong of 1000", percentile(&latencies, 0.5));
         self.target(
-            "slow clients: p99 < 50 ms beside 500 stalled connections, all correct".into(),
+            "slow clients: p99 < 50 ms beside 500 stalled connections, all correct",
             p99 < 50.0 && wrong == 0,
             measured,
         );
-        self.target(
-            "slow clients: every stalled connection closed by the server".into(),
-            closed == 500,
-            format!("{closed}/500"),
-        );
+        let closed_target = "slow clients: every stalled connection closed by the server";
+        self.target(closed_target, closed == 500, format!("{closed}/500"));
         Ok(())
     }
 }
@@ -332,13 +330,10 @@ pub async fn run(args: Args) -> Result<()> {
         d.slow_clients().await?;
     }
     d.fake.proc.assert_no_panic()?;
+    let Args { requests, concurrency, hard_down_secs, .. } = d.args;
+    let (extra, secs) = (d.args.proxy_arg.join(" "), started.elapsed().as_secs_f64());
     let mut report = format!(
-        "`cargo xtask drill`: {} unique requests per mode, {} concurrent, hard-down modes over {} s; proxy defaults with `--breaker-open-ms 2000` {}; a fresh proxy per mode; {:.0} s.\n\n",
-        d.args.requests,
-        d.args.concurrency,
-        d.args.hard_down_secs,
-        d.args.proxy_arg.join(" "),
-        started.elapsed().as_secs_f64()
+        "`cargo xtask drill`: {requests} unique requests per mode, {concurrency} concurrent, hard-down modes over {hard_down_secs} s; proxy defaults with `--breaker-open-ms 2000` {extra}; a fresh proxy per mode; {secs:.0} s.\n\n"
     );
     let pairs = |v: &[(String, f64)]| {
         v.iter().filter(|p| p.1 > 0.0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")

@@ -117,6 +117,7 @@ async fn with(no_fake: bool, command: &[String]) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    shout_proxy::install_tls_provider(); // reqwest is built without a provider of its own
     let result = match Cli::parse().command {
         Cmd::Drill(args) => drill::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
