@@ -15,68 +15,30 @@ cd "$(dirname "$0")/.."
 
 DENY_VERSION=0.20.2
 log() { printf '[deny] %s\n' "$*"; }
-
-if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
-  log "installing cargo-deny $DENY_VERSION (cargo install --locked; several minutes)"
-  started=$(date +%s)
-  cargo install --locked "cargo-deny@$DENY_VERSION"
-  log "installed in $(( $(date +%s) - started )) s"
-fi
+cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION" || cargo install --locked "cargo-deny@$DENY_VERSION"
 log "$(cargo deny --version)"
+failed=() results=()
+check() { # $1: what the summary calls it; the rest: cargo deny's arguments
+  if cargo deny --locked "${@:2}"; then results+=("$1 ok"); else results+=("$1 FAILED") failed+=("$1"); fi
+}
+for c in bans licenses sources; do check "$c" check "$c"; done
 
-failed=()
-results=()
-
-# --- bans, licences, sources: always ------------------------------------------------------
-for check in bans licenses sources; do
-  if cargo deny --locked check "$check"; then
-    results+=("$check ok")
-  else
-    results+=("$check FAILED")
-    failed+=("$check")
-  fi
-done
-
-# --- advisories: only with a database -------------------------------------------------------
-dbs=${CARGO_HOME:-$HOME/.cargo}/advisory-dbs
-advisories_mode=
+# Advisories only with a database: a fresh one, or one fetched earlier on this machine.
+stale=$(find "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" -maxdepth 2 -path '*/advisory-db-*/.git' 2>/dev/null | head -n 1)
 if timeout 120 cargo deny --locked fetch db; then
-  advisories_mode=fresh
+  check advisories check advisories
+elif [ -n "$stale" ]; then
+  db_date=$(git -C "$(dirname "$stale")" log -1 --format=%cs 2>/dev/null || echo unknown)
+  log "the advisory database could not be fetched; using the copy on this machine from $db_date"
+  check "advisories (database of $db_date, not refreshed)" --offline check advisories
 else
-  stale=$(ls -d "$dbs"/advisory-db-*/.git 2>/dev/null | head -n 1 || true)
-  if [ -n "$stale" ]; then
-    advisories_mode=stale
-    db_date=$(git -C "$(dirname "$stale")" log -1 --format=%cs 2>/dev/null || echo unknown)
-  fi
+  log "the RustSec advisory database could not be fetched from GitHub (unreachable from here)"
+  log "and none was fetched before on this machine: known vulnerabilities were NOT checked."
+  results+=("advisories SKIPPED (no advisory database: GitHub unreachable)")
+  [ "${DENY_REQUIRE_ADVISORIES:-0}" != 1 ] || failed+=("advisories (required by DENY_REQUIRE_ADVISORIES=1)")
 fi
 
-case "$advisories_mode" in
-  fresh | stale)
-    offline=()
-    if [ "$advisories_mode" = stale ]; then
-      log "the advisory database could not be fetched; using the copy on this machine from $db_date"
-      offline=(--offline)
-    fi
-    if cargo deny --locked "${offline[@]}" check advisories; then
-      results+=("advisories ok${db_date:+ (database of $db_date, not refreshed)}")
-    else
-      results+=("advisories FAILED")
-      failed+=(advisories)
-    fi
-    ;;
-  *)
-    log "the RustSec advisory database could not be fetched from GitHub (unreachable from here)"
-    log "and none was fetched before on this machine: known vulnerabilities were NOT checked."
-    results+=("advisories SKIPPED (no advisory database: GitHub unreachable)")
-    if [ "${DENY_REQUIRE_ADVISORIES:-0}" = 1 ]; then
-      failed+=("advisories (required by DENY_REQUIRE_ADVISORIES=1)")
-    fi
-    ;;
-esac
-
-log "summary: $(IFS=','; echo "${results[*]}" | sed 's/,/, /g')"
-if [ "${#failed[@]}" -gt 0 ]; then
-  log "FAILED: ${failed[*]}"
-  exit 1
-fi
+printf -v summary '%s, ' "${results[@]}"
+log "summary: ${summary%, }"
+[ "${#failed[@]}" -eq 0 ] || { log "FAILED: ${failed[*]}"; exit 1; }
 log "PASSED (the checks that ran)"

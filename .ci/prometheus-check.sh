@@ -15,33 +15,23 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-root="$PWD"
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'prometheus-check: FAIL: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- 1. tools
 step "tools"
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-  as_root=()
-  if [[ $EUID -ne 0 ]]; then
-    command -v sudo >/dev/null || die "promtool/prometheus missing: run as root, or install Debian's prometheus"
-    as_root=(sudo)
-  fi
-  "${as_root[@]}" apt-get update -qq
-  # --no-install-recommends: leaves out node-exporter and friends, which we do not use.
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  # The package may start its own service on :9090 where systemd runs; we use our own
-  # instance on a free port, so stop the one our install started.
-  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
-    "${as_root[@]}" systemctl stop prometheus || true
-  fi
+  # --no-install-recommends: leaves out node-exporter and friends, which we do not use. Where
+  # systemd runs, the package starts its own daemon on :9090: stop it (we run our own).
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  ! systemctl is-active --quiet prometheus 2>/dev/null || as_root systemctl stop prometheus || true
 fi
 command -v kubectl >/dev/null || die "kubectl (with its built-in kustomize) is needed for the k8s/monitoring checks"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 promtool --version | head -1
-kubectl version --client 2>/dev/null | grep -i kustomize || true
 
 # ---------------------------------------------------------------- 2. static checks
 step "promtool check rules"
@@ -63,63 +53,34 @@ if kubectl kustomize k8s/monitoring >"$work/alone.yaml" 2>"$work/alone.err"; the
 fi
 echo "alone: fails as it must ($(grep -o 'no matches for Id [^;]*' "$work/alone.err" | head -1))"
 mkdir -p "$work/kustomize/base" "$work/kustomize/overlay"
-cat >"$work/kustomize/base/kustomization.yaml" <<'EOF'
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources: [app.yaml]
-EOF
-cat >"$work/kustomize/base/app.yaml" <<'EOF'
-apiVersion: v1
-kind: Service
-metadata:
-  name: shout-proxy
-  labels: {app.kubernetes.io/name: shout-proxy}
-spec:
-  selector: {app.kubernetes.io/name: shout-proxy}
-  ports:
-    - {name: http, port: 80, targetPort: 8080}
-    - {name: admin, port: 8081, targetPort: 8081}
-EOF
-cat >"$work/kustomize/overlay/kustomization.yaml" <<EOF
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-namespace: shout-ci
-resources: [../base]
-components: [$(realpath --relative-to="$work/kustomize/overlay" k8s/monitoring)]
-EOF
+echo '{apiVersion: kustomize.config.k8s.io/v1beta1, kind: Kustomization, resources: [app.yaml]}' \
+  >"$work/kustomize/base/kustomization.yaml"
+echo '{apiVersion: v1, kind: Service, metadata: {name: shout-proxy, labels: {app.kubernetes.io/name: shout-proxy}},
+  spec: {selector: {app.kubernetes.io/name: shout-proxy}, ports: [{name: http, port: 80, targetPort: 8080},
+  {name: admin, port: 8081, targetPort: 8081}]}}' >"$work/kustomize/base/app.yaml"
+echo "{apiVersion: kustomize.config.k8s.io/v1beta1, kind: Kustomization, namespace: shout-ci, resources: [../base],
+  components: [$(realpath --relative-to="$work/kustomize/overlay" k8s/monitoring)]}" >"$work/kustomize/overlay/kustomization.yaml"
 kubectl kustomize "$work/kustomize/overlay" >"$work/kustomize/out.yaml"
 check_monitoring_build() { # $1 = kustomize output, $2 = what it is
   python3 - "$1" "$2" <<'EOF'
 import json, sys, yaml
 out, what = sys.argv[1], sys.argv[2]
-docs = [d for d in yaml.safe_load_all(open(out)) if d]
-by_kind = {}
-for d in docs:
-    by_kind.setdefault(d["kind"], []).append(d)
-errors = []
-sms = by_kind.get("ServiceMonitor", [])
+kind = lambda k: [d for d in yaml.safe_load_all(open(out)) if d and d["kind"] == k]
+named = lambda d: d["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "shout-proxy"
+errors, sms, rules = [], kind("ServiceMonitor"), kind("PrometheusRule")
+cms = [c for c in kind("ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
 if len(sms) != 1:
     errors.append(f"{len(sms)} ServiceMonitors")
-else:
-    sm = sms[0]["spec"]
-    if sm["selector"].get("matchLabels", {}).get("app.kubernetes.io/name") != "shout-proxy":
-        errors.append("ServiceMonitor does not select app.kubernetes.io/name: shout-proxy")
-    eps = sm.get("endpoints", [])
-    if [(e.get("port"), e.get("path"), e.get("interval")) for e in eps] != [("admin", "/metrics", "15s")]:
-        errors.append(f"ServiceMonitor endpoints are {eps}")
-    svcs = [s for s in by_kind.get("Service", [])
-            if s["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "shout-proxy"]
-    if not any(p.get("name") == "admin" for s in svcs for p in s["spec"].get("ports", [])):
-        errors.append("no Service labelled app.kubernetes.io/name: shout-proxy has a port named admin")
-rules = by_kind.get("PrometheusRule", [])
+elif sms[0]["spec"]["selector"].get("matchLabels", {}).get("app.kubernetes.io/name") != "shout-proxy":
+    errors.append("ServiceMonitor does not select app.kubernetes.io/name: shout-proxy")
+elif [(e.get("port"), e.get("path"), e.get("interval")) for e in sms[0]["spec"].get("endpoints", [])] != [("admin", "/metrics", "15s")]:
+    errors.append(f"ServiceMonitor endpoints are {sms[0]['spec'].get('endpoints')}")
+elif not any(p.get("name") == "admin" for s in kind("Service") if named(s) for p in s["spec"].get("ports", [])):
+    errors.append("no Service labelled app.kubernetes.io/name: shout-proxy has a port named admin")
 if len(rules) != 1 or rules[0]["spec"] != yaml.safe_load(open("prometheus/alerts.yaml")):
     errors.append("the PrometheusRule's spec differs from prometheus/alerts.yaml")
-cms = [c for c in by_kind.get("ConfigMap", [])
-       if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
-if len(cms) != 1:
-    errors.append(f"{len(cms)} ConfigMaps labelled grafana_dashboard: \"1\"")
-elif json.loads(cms[0]["data"]["shout-proxy.json"]) != json.load(open("grafana/shout-proxy.json")):
-    errors.append("the dashboard ConfigMap differs from grafana/shout-proxy.json")
+if len(cms) != 1 or json.loads(cms[0]["data"]["shout-proxy.json"]) != json.load(open("grafana/shout-proxy.json")):
+    errors.append(f"{len(cms)} ConfigMaps labelled grafana_dashboard: \"1\", or the dashboard differs from grafana/shout-proxy.json")
 if errors:
     sys.exit(f"{what}: " + "; ".join(errors))
 print(f"{what}: ServiceMonitor (admin /metrics 15s), PrometheusRule == prometheus/alerts.yaml, "
@@ -128,12 +89,11 @@ EOF
 }
 check_monitoring_build "$work/kustomize/out.yaml" "temporary overlay"
 # The real overlays belong to the k8s owner; check the ones that include this component.
-for kz in k8s/overlays/*/kustomization.yaml; do
-  [[ -e "$kz" ]] || continue
-  overlay="$(dirname "$kz")"
-  if grep -q 'monitoring' "$kz"; then
-    kubectl kustomize "$overlay" >"$work/kustomize/$(basename "$overlay").yaml"
-    check_monitoring_build "$work/kustomize/$(basename "$overlay").yaml" "$overlay"
+for overlay in k8s/overlays/*/; do
+  overlay=${overlay%/}
+  if grep -q 'monitoring' "$overlay/kustomization.yaml"; then
+    kubectl kustomize "$overlay" >"$work/kustomize/${overlay##*/}.yaml"
+    check_monitoring_build "$work/kustomize/${overlay##*/}.yaml" "$overlay"
   else
     echo "$overlay: does not include k8s/monitoring (not checked)"
   fi

@@ -63,50 +63,26 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # --------------------------------------------------------------------------- tools
 install_tools() {
   section "tools ($TOOLS_DIR)"
-  local stamp="$TOOLS_DIR/requirements.txt"
+  local stamp="$TOOLS_DIR/requirements.txt" debs=()
   mkdir -p "$TOOLS_DIR"
-  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] \
-    && [ "$(cat "$stamp")" = "$(printf '%s\n' "${REQUIREMENTS[@]}")" ]; then
-    echo "pinned tools already installed"
-  else
-    if ! python3 -m venv --clear "$VENV" 2>"$WORK/venv.err"; then
-      # Debian's python3 ships venv separately.
-      if command -v apt-get >/dev/null; then
-        echo "python3 -m venv failed; installing python3-venv"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-        python3 -m venv --clear "$VENV"
-      else
-        cat "$WORK/venv.err" >&2
-        echo "cannot create a virtualenv: install python3-venv" >&2
-        exit 2
-      fi
-    fi
-    "$VENV/bin/pip" install --disable-pip-version-check -q --upgrade pip
-    "$VENV/bin/pip" install --disable-pip-version-check -q "${REQUIREMENTS[@]}"
+  # Debian's python3 ships venv separately; its `prometheus` package brings promtool (the daemon
+  # is not wanted: --no-install-recommends, and it is never started here).
+  python3 -c 'import ensurepip' 2>/dev/null || debs+=(python3-venv)
+  command -v promtool >/dev/null || debs+=(prometheus)
+  if [ "${#debs[@]}" -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${debs[@]}" >/dev/null
+  fi
+  if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$(printf '%s\n' "${REQUIREMENTS[@]}")" ]; then
+    python3 -m venv --clear "$VENV"
+    "$VENV/bin/pip" install --disable-pip-version-check -q --upgrade pip "${REQUIREMENTS[@]}"
     printf '%s\n' "${REQUIREMENTS[@]}" >"$stamp"
   fi
   export PATH="$VENV/bin:$PATH"
-
-  if ! command -v promtool >/dev/null; then
-    if command -v apt-get >/dev/null; then
-      echo "installing promtool (Debian package prometheus)"
-      as_root apt-get update -qq
-      # The package's daemon is not wanted, only its promtool.
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    else
-      echo "promtool not found and no apt-get to install it" >&2
-      exit 2
-    fi
-  fi
-
-  echo "kubectl     $(kubectl version --client 2>/dev/null | tr '\n' ' ')"
-  echo "checkov     $(checkov --version)"
-  echo "hadolint    $(hadolint --version)"
-  echo "actionlint  $(actionlint --version | head -n1)"
-  echo "shellcheck  $(shellcheck --version | sed -n 's/^version: //p')"
-  echo "promtool    $(promtool --version 2>&1 | head -n1)"
-  echo "kubernetes-validate $("$VENV/bin/pip" show kubernetes-validate | sed -n 's/^Version: //p')"
+  kubectl version --client 2>/dev/null | tr '\n' ' '
+  printf '\ncheckov %s, %s, %s, shellcheck %s, %s, kubernetes-validate %s\n' "$(checkov --version)" \
+    "$(hadolint --version)" "$(actionlint --version | head -n1)" "$(shellcheck --version | sed -n 's/^version: //p')" \
+    "$(promtool --version 2>&1 | head -n1)" "$(pip show kubernetes-validate | sed -n 's/^Version: //p')"
 }
 
 # ------------------------------------------------------------------- kustomize
@@ -150,8 +126,8 @@ dst.mkdir(parents=True, exist_ok=True)
 for f in sorted(src.glob("*.yaml")):
     kept, crds = [], []
     for doc in f.read_text().split("\n---\n"):
-        api = next((l.split(":", 1)[1].strip() for l in doc.splitlines() if l.startswith("apiVersion:")), "")
-        kind = next((l.split(":", 1)[1].strip() for l in doc.splitlines() if l.startswith("kind:")), "")
+        top = dict(l.split(":", 1) for l in doc.splitlines() if l.startswith(("apiVersion:", "kind:")))
+        api, kind = top.get("apiVersion", "").strip(), top.get("kind", "").strip()
         (crds if api.split("/")[0] in groups else kept).append((doc, f"{kind} ({api})"))
     (dst / f.name).write_text("\n---\n".join(d for d, _ in kept) + "\n")
     for _, what in crds:
@@ -183,47 +159,34 @@ kubernetes_validate() {
 # parsing errors fail, and so does a run that checked nothing. Skips are listed
 # with their reasons.
 run_checkov() {
-  local label="$1"
+  local label="$1" report="$WORK/checkov-$1.json"
   shift
-  local report="$WORK/checkov-$label.json"
   # No --quiet: it drops the skipped checks (and their reasons) from the report.
   # --skip-download: no calls to the vendor's platform (there is no network here).
   checkov "$@" --skip-download --compact -o json >"$report" 2>"$WORK/checkov.err" || true
-  if python3 - "$report" "$label" <<'PY'; then
+  if python3 - "$report" <<'PY'; then
 import json, sys
-path, label = sys.argv[1], sys.argv[2]
 try:
-    data = json.load(open(path))
+    reports = json.load(open(sys.argv[1]))
 except ValueError:
-    print(f"  checkov {label}: no JSON report", file=sys.stderr)
-    sys.exit(1)
-reports = data if isinstance(data, list) else [data]
-ok, total = True, {"passed": 0, "failed": 0, "skipped": 0, "parsing_errors": 0}
-for r in reports:
-    for k in total:
-        total[k] += r.get("summary", {}).get(k, 0)
-    res = r.get("results", {})
+    sys.exit("  no JSON report")
+reports, ok = reports if isinstance(reports, list) else [reports], True
+total = {k: sum(r.get("summary", {}).get(k, 0) for r in reports) for k in ("passed", "failed", "skipped", "parsing_errors")}
+for res in (r.get("results", {}) for r in reports):
     for c in res.get("failed_checks", []):
-        ok = False
-        print(f"  FAILED {c['check_id']} {c['check_name']} :: {c.get('resource')} ({c.get('file_path')})", file=sys.stderr)
+        ok = print(f"  FAILED {c['check_id']} {c['check_name']} :: {c.get('resource')} ({c.get('file_path')})", file=sys.stderr)
     for c in res.get("skipped_checks", []):
-        reason = (c.get("check_result") or {}).get("suppress_comment", "")
-        print(f"  skipped {c['check_id']} :: {c.get('resource')} :: {reason}")
-        if not reason.strip():
-            ok = False
-            print(f"  skip of {c['check_id']} has no written reason", file=sys.stderr)
-if total["parsing_errors"] or total["passed"] == 0:
-    ok = False
-print(f"  checkov {label}: passed {total['passed']}, failed {total['failed']}, "
-      f"skipped {total['skipped']}, parsing errors {total['parsing_errors']}")
-open(path + ".summary", "w").write(
-    f"passed {total['passed']}, failed {total['failed']}, skipped {total['skipped']}")
-sys.exit(0 if ok else 1)
+        reason = (c.get("check_result") or {}).get("suppress_comment", "").strip()
+        print(f"  skipped {c['check_id']} :: {c.get('resource')} :: {reason or 'NO WRITTEN REASON: a failure'}")
+        ok = ok and bool(reason)
+summary = ", ".join(f"{k} {v}" for k, v in total.items())
+open(sys.argv[1] + ".summary", "w").write(summary)
+sys.exit(0 if ok and total["passed"] and not total["parsing_errors"] else 1)
 PY
     pass "checkov $label ($(cat "$report.summary"))"
   else
     tail -n 20 "$WORK/checkov.err" >&2
-    fail "checkov $label${report:+ ($(cat "$report.summary" 2>/dev/null || echo 'no report'))}"
+    fail "checkov $label ($(cat "$report.summary" 2>/dev/null || echo 'no report'))"
   fi
 }
 
@@ -248,13 +211,9 @@ policy_checks() {
 import re, sys, yaml
 path = sys.argv[1]
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
-by_kind = {}
-for d in docs:
-    by_kind.setdefault(d["kind"], []).append(d)
+by_kind = {k: [d for d in docs if d["kind"] == k] for k in {d["kind"] for d in docs}}
 errors = []
-def need(cond, msg):
-    if not cond:
-        errors.append(msg)
+need = lambda cond, msg: cond or errors.append(msg)
 
 deps = [d for d in by_kind.get("Deployment", []) if d["metadata"]["name"] == "shout-proxy"]
 need(len(deps) == 1, "exactly one Deployment shout-proxy")
@@ -415,40 +374,13 @@ assert "<<" not in q, q
 open(f"{out}/query.txt", "w").write(q + "\n")
 yaml.safe_dump({"groups": [{"name": "adapter", "rules": [{"record": "adapter:http_server_requests_per_second", "expr": q}]}]},
                open(f"{out}/rules.yaml", "w"), sort_keys=False)
-s = "http_server_request_duration_seconds_count"
-base = 'http_request_method="POST",http_response_status_code="200"'
-yaml.safe_dump({
-    "rule_files": ["rules.yaml"],
-    "evaluation_interval": "1m",
-    "tests": [{
-        "interval": "1m",
-        "input_series": [
-            # pod a: 120 requests a minute on /v1 = 2 rps, plus probes that must not count
-            {"series": f'{s}{{namespace="shout-proxy",pod="shout-proxy-a",http_route="/v1",{base}}}', "values": "0+120x10"},
-            {"series": f'{s}{{namespace="shout-proxy",pod="shout-proxy-a",http_route="/health",http_request_method="GET",http_response_status_code="200"}}', "values": "0+6000x10"},
-            # pod b: 240 a minute on / = 4 rps; docs and the OpenAPI document do not count
-            {"series": f'{s}{{namespace="shout-proxy",pod="shout-proxy-b",http_route="/",{base}}}', "values": "0+240x10"},
-            {"series": f'{s}{{namespace="shout-proxy",pod="shout-proxy-b",http_route="/openapi.json",http_request_method="GET",http_response_status_code="200"}}', "values": "0+600x10"},
-            {"series": f'{s}{{namespace="shout-proxy",pod="shout-proxy-b",http_route="/docs",http_request_method="GET",http_response_status_code="200"}}', "values": "0+600x10"},
-            # another namespace's pod of the same name is not ours
-            {"series": f'{s}{{namespace="other",pod="shout-proxy-a",http_route="/v1",{base}}}', "values": "0+6000x10"},
-        ],
-        "promql_expr_test": [{
-            "expr": "adapter:http_server_requests_per_second",
-            "eval_time": "8m",
-            "exp_samples": [
-                {"labels": 'adapter:http_server_requests_per_second{namespace="shout-proxy",pod="shout-proxy-a"}', "value": 2},
-                {"labels": 'adapter:http_server_requests_per_second{namespace="shout-proxy",pod="shout-proxy-b"}', "value": 4},
-            ],
-        }],
-    }],
-}, open(f"{out}/test.yaml", "w"), sort_keys=False)
 PY
     fail "adapter values.yaml: rule for http_server_requests_per_second"
     return
   fi
   echo "  query: $(cat "$dir/query.txt")"
-  if (cd "$dir" && promtool check rules rules.yaml >/dev/null && promtool test rules test.yaml); then
+  cp .ci/adapter_test.yaml "$dir/"
+  if (cd "$dir" && promtool check rules rules.yaml >/dev/null && promtool test rules adapter_test.yaml); then
     pass "prometheus-adapter metricsQuery parses and yields per-pod rps (promtool test rules)"
   else
     fail "prometheus-adapter metricsQuery (promtool)"
@@ -461,13 +393,17 @@ dockerfile_checks() {
   if hadolint Dockerfile; then pass "hadolint Dockerfile"; else fail "hadolint Dockerfile"; fi
   run_checkov dockerfile --framework dockerfile -f Dockerfile
   # The image must keep the contract's ports and probe, whatever the linters think.
-  local missing=()
-  grep -Eq '^EXPOSE[[:space:]]+8080[[:space:]]+8081' Dockerfile || missing+=("EXPOSE 8080 8081")
-  grep -Fq 'CMD ["/usr/local/bin/shout-proxy", "healthcheck"]' Dockerfile || missing+=("HEALTHCHECK via shout-proxy healthcheck")
-  grep -Eq '^USER[[:space:]]+65532' Dockerfile || missing+=("USER 65532")
-  grep -Fq 'cargo build --release --locked --bin shout-proxy' Dockerfile || missing+=("locked release build")
-  grep -Eq '^FROM gcr\.io/distroless/cc-debian12:nonroot' Dockerfile || missing+=("distroless cc-debian12:nonroot runtime")
-  grep -Eq '^target/' .dockerignore || missing+=(".dockerignore excludes target/")
+  local missing=() what file pattern
+  while IFS='|' read -r what file pattern; do
+    grep -Eq "$pattern" "$file" || missing+=("$what")
+  done <<'TABLE'
+EXPOSE 8080 8081|Dockerfile|^EXPOSE[[:space:]]+8080[[:space:]]+8081
+HEALTHCHECK via shout-proxy healthcheck|Dockerfile|CMD \["/usr/local/bin/shout-proxy", "healthcheck"\]
+USER 65532|Dockerfile|^USER[[:space:]]+65532
+locked release build|Dockerfile|cargo build --release --locked --bin shout-proxy
+distroless cc-debian12:nonroot runtime|Dockerfile|^FROM gcr\.io/distroless/cc-debian12:nonroot
+.dockerignore excludes target/|.dockerignore|^target/
+TABLE
   if [ "${#missing[@]}" -eq 0 ]; then
     pass "Dockerfile contract (ports, healthcheck, user, runtime, .dockerignore)"
   else
@@ -499,7 +435,8 @@ workflow_checks() {
 
 shell_checks() {
   section "shell"
-  if shellcheck .ci/validate-delivery.sh; then pass "shellcheck .ci/validate-delivery.sh"; else fail "shellcheck .ci/validate-delivery.sh"; fi
+  local scripts=(.ci/*.sh .ci/run prometheus/sync-k8s.sh)
+  if shellcheck "${scripts[@]}"; then pass "shellcheck ${scripts[*]}"; else fail "shellcheck ${scripts[*]}"; fi
 }
 
 # -------------------------------------------------------------------- main

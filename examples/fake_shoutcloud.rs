@@ -119,6 +119,11 @@ fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
+/// shoutcloud's answer: the input and an output.
+fn answer(input: &str, output: &str) -> Response {
+    Json(serde_json::json!({"INPUT": input, "OUTPUT": output})).into_response()
+}
+
 #[handler]
 async fn shout(state: Data<&Arc<State>>, body: Json<ShoutIn>) -> Response {
     state.calls.fetch_add(1, Ordering::Relaxed);
@@ -136,19 +141,18 @@ async fn shout(state: Data<&Arc<State>>, body: Json<ShoutIn>) -> Response {
         tokio::time::sleep(Duration::from_millis(latency.min(3_600_000.0) as u64)).await;
     }
     let input = body.0.input;
-    let has = |needle: &Option<String>| {
-        needle
-            .as_deref()
+    let has = |n: &Option<String>| {
+        n.as_deref()
             .is_some_and(|n| !n.is_empty() && input.contains(n))
     };
     let echo: String = input.chars().take(1 << 20).collect();
     let fail = |code: u16| {
         let body = if knobs.echo_errors {
-            echo.clone()
+            echo.as_str()
         } else {
-            "shoutcloud is sick".to_owned()
+            "shoutcloud is sick"
         };
-        let mut response = body.with_status(status(code)).into_response();
+        let mut response = body.to_owned().with_status(status(code)).into_response();
         if let Some(value) = knobs.retry_after.as_deref().and_then(|v| v.parse().ok()) {
             response.headers_mut().insert("retry-after", value);
         }
@@ -161,17 +165,15 @@ async fn shout(state: Data<&Arc<State>>, body: Json<ShoutIn>) -> Response {
         Mode::Hang => std::future::pending::<Response>().await,
         Mode::Fail => fail(knobs.failure_status),
         Mode::Malformed => "<html>not json</html>".into_response(),
-        Mode::Wrong => {
-            Json(serde_json::json!({"INPUT": input, "OUTPUT": "SOMETHING ELSE"})).into_response()
-        }
+        Mode::Wrong => answer(&input, "SOMETHING ELSE"),
         Mode::Ok if knobs.failure_rate > 0.0 && rand::random::<f64>() < knobs.failure_rate => {
             fail(knobs.failure_status)
         }
         Mode::Ok if has(&knobs.disagree_containing) => {
-            Json(serde_json::json!({"INPUT": input, "OUTPUT": format!("{} DISAGREES", input.to_uppercase())})).into_response()
+            answer(&input, &format!("{} DISAGREES", input.to_uppercase()))
         }
         Mode::Ok => {
-            let output: String = input
+            let output = input
                 .chars()
                 .map(|c| match c {
                     'ɤ' if knobs.old_unicode => "ɤ".to_owned(),
@@ -179,8 +181,8 @@ async fn shout(state: Data<&Arc<State>>, body: Json<ShoutIn>) -> Response {
                     'ß' if knobs.lookalike => "\u{1E9E}".to_owned(),
                     c => c.to_uppercase().collect(),
                 })
-                .collect();
-            Json(serde_json::json!({"INPUT": input, "OUTPUT": output})).into_response()
+                .collect::<String>();
+            answer(&input, &output)
         }
     }
 }
@@ -189,15 +191,13 @@ async fn shout(state: Data<&Arc<State>>, body: Json<ShoutIn>) -> Response {
 async fn report(state: &State) -> Json<serde_json::Value> {
     let knobs = state.knobs.read().await.clone();
     let (sum, samples, max) = state.seen.lock().map(|s| *s).unwrap_or_default();
-    let mean = if samples > 0 {
-        sum as f64 / samples as f64
-    } else {
-        0.0
-    };
-    Json(
-        serde_json::json!({"knobs": knobs, "calls": state.calls.load(Ordering::Relaxed),
-        "in_flight": {"now": state.in_flight.load(Ordering::Relaxed), "mean": mean, "max": max, "samples": samples}}),
-    )
+    let (calls, now) = (
+        state.calls.load(Ordering::Relaxed),
+        state.in_flight.load(Ordering::Relaxed),
+    );
+    let mean = sum as f64 / samples.max(1) as f64;
+    let in_flight = serde_json::json!({"now": now, "mean": mean, "max": max, "samples": samples});
+    Json(serde_json::json!({"knobs": knobs, "calls": calls, "in_flight": in_flight}))
 }
 
 #[handler]
@@ -213,31 +213,23 @@ async fn control(state: Data<&Arc<State>>, update: Json<serde_json::Value>) -> R
         let mut knobs = state.knobs.write().await;
         let mut merged = serde_json::to_value(&*knobs).unwrap_or_default();
         if let (Some(merged), Some(update)) = (merged.as_object_mut(), update.as_object()) {
-            merged.extend(
-                update
-                    .iter()
-                    .filter(|(k, _)| *k != "reset")
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
+            merged.extend(update.clone().into_iter().filter(|(k, _)| k != "reset"));
         }
-        match serde_json::from_value::<Knobs>(merged) {
-            Ok(new) => {
-                *knobs = Knobs {
-                    failure_rate: new.failure_rate.clamp(0.0, 1.0),
-                    ..new
-                }
-            }
+        let new = match serde_json::from_value::<Knobs>(merged) {
+            Ok(new) => new,
             Err(e) => {
                 return e
                     .to_string()
                     .with_status(StatusCode::BAD_REQUEST)
                     .into_response();
             }
-        }
-        if update["reset"] == true {
-            if let Ok(mut seen) = state.seen.lock() {
-                *seen = (0, 0, 0);
-            }
+        };
+        *knobs = Knobs {
+            failure_rate: new.failure_rate.clamp(0.0, 1.0),
+            ..new
+        };
+        if let (true, Ok(mut seen)) = (update["reset"] == true, state.seen.lock()) {
+            *seen = (0, 0, 0);
         }
         eprintln!("fake shoutcloud knobs now {knobs:?}");
     }

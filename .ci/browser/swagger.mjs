@@ -18,37 +18,21 @@ const timeout = 30_000;
 
 // Flags from the machine notes: without the background-networking ones Chromium keeps trying
 // to reach Google's hosts, which this network refuses.
-const args = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
+const args = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-const failures = [];
-const requests = [];
-const offHost = [];
-const pageErrors = [];
+const [failures, requests, offHost, pageErrors] = [[], [], [], []];
 
 /** Whether a page request stays on the service: same host and port, or inline data. */
 function isLocal(url) {
   const u = new URL(url);
-  if (['data:', 'blob:', 'about:'].includes(u.protocol)) return true;
-  return u.hostname === service.hostname && u.port === service.port;
+  return ['data:', 'blob:', 'about:'].includes(u.protocol) || (u.hostname === service.hostname && u.port === service.port);
 }
 
 const userDataDir = mkdtempSync(join(tmpdir(), 'shout-swagger-'));
 mkdirSync(dirname(screenshot), { recursive: true });
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath,
-  headless: true,
-  args,
-  viewport: { width: 1280, height: 1400 },
-});
+const context = await chromium.launchPersistentContext(userDataDir,
+  { executablePath, headless: true, args, viewport: { width: 1280, height: 1400 } });
 
 try {
   // Record every request; let only the service's own through, so a stray fetch fails fast
@@ -73,12 +57,9 @@ try {
   await operation.locator('.opblock-summary').first().click();
   await operation.getByRole('button', { name: 'Try it out' }).click();
 
-  const body = operation.locator('textarea.body-param__text');
-  await body.fill('{"data": "hello"}');
+  await operation.locator('textarea.body-param__text').fill('{"data": "hello"}');
 
-  const answered = page.waitForResponse(
-    (r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/',
-  );
+  const answered = page.waitForResponse((r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/');
   await operation.getByRole('button', { name: 'Execute' }).click();
   const response = await answered;
   if (response.status() !== 200) failures.push(`POST / from the UI answered ${response.status()}`);
@@ -87,9 +68,7 @@ try {
   const panel = operation.locator('.live-responses-table');
   await panel.getByText('OLLEH').first().waitFor().catch(() => {});
   const shown = await panel.innerText().catch(() => '');
-  if (!shown.includes('OLLEH')) {
-    failures.push(`the response panel does not show OLLEH; it shows: ${shown.slice(0, 500)}`);
-  }
+  if (!shown.includes('OLLEH')) failures.push(`the response panel does not show OLLEH; it shows: ${shown.slice(0, 500)}`);
   if (!/\b200\b/.test(shown)) failures.push('the response panel does not show status 200');
 
   await operation.scrollIntoViewIfNeeded();
@@ -104,17 +83,12 @@ try {
   rmSync(userDataDir, { recursive: true, force: true });
 }
 
-if (offHost.length > 0) {
-  failures.push(`${offHost.length} request(s) left ${service.host}: ${[...new Set(offHost)].join(', ')}`);
-}
+if (offHost.length > 0) failures.push(`${offHost.length} request(s) left ${service.host}: ${[...new Set(offHost)].join(', ')}`);
 if (pageErrors.length > 0) failures.push(`page errors: ${pageErrors.join(' | ')}`);
 
-console.log(`requests made by the page (${requests.length}):`);
-for (const r of requests) console.log(`  ${r}`);
-console.log(`screenshot: ${screenshot}`);
+console.log(`requests made by the page (${requests.length}):\n  ${requests.join('\n  ')}\nscreenshot: ${screenshot}`);
 if (failures.length > 0) {
-  console.log('swagger-ui: FAILED');
-  for (const f of failures) console.log(`  - ${f}`);
+  console.log(`swagger-ui: FAILED\n  - ${failures.join('\n  - ')}`);
   process.exit(1);
 }
 console.log('swagger-ui: PASSED (POST / via "Try it out" showed OLLEH; every request stayed on the service)');

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -71,20 +71,8 @@ const MODES: [(&str, &str, &str, &str); 12] = [
 
 /// Words mixed into the inputs: full case mapping, precomposed and combining accents, Greek, a
 /// flag and a ZWJ family (whole graphemes that a code-point reversal would tear apart).
-const WORDS: [&str; 12] = [
-    "hello",
-    "straße",
-    "ñandú",
-    "Ωmega",
-    "e\u{301}cole",
-    "cafe\u{301}",
-    "Ärger",
-    "🇫🇷 çava",
-    "a\u{308}pfel",
-    "👩\u{200d}👩\u{200d}👧 jump",
-    "résumé",
-    "día",
-];
+const WORDS: &str = "hello|straße|ñandú|Ωmega|e\u{301}cole|cafe\u{301}|Ärger|🇫🇷 çava|a\u{308}pfel|\
+    👩\u{200d}👩\u{200d}👧 jump|résumé|día";
 
 /// One mode's numbers (target/xtask/fault-drill.json).
 #[derive(Serialize)]
@@ -161,7 +149,8 @@ struct Drill {
 }
 
 impl Drill {
-    fn target(&mut self, target: String, ok: bool, measured: String) {
+    fn target(&mut self, target: impl Into<String>, ok: bool, measured: String) {
+        let target = target.into();
         eprintln!("[drill] {} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
         self.targets.push((target, ok, measured));
     }
@@ -187,7 +176,8 @@ impl Drill {
         let proxy = self.proxy(&url, label).await?;
         let before = self.upstream_count(kind).await?;
         let spread = if class == "hard" { self.args.hard_down_secs } else { 0.0 };
-        let inputs = (0..self.args.requests).map(|i| format!("{} {name} {} #{i}", WORDS[i % WORDS.len()], self.run_id));
+        let words: Vec<&str> = WORDS.split('|').collect();
+        let inputs = (0..self.args.requests).map(|i| format!("{} {name} {} #{i}", words[i % words.len()], self.run_id));
         let (outcomes, seconds) =
             load(&Shouter::new(&proxy.url)?, inputs.collect(), self.args.concurrency, spread).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -260,16 +250,7 @@ impl Drill {
         self.fake.set(json!({"mode": "fail"})).await?;
         let proxy = self.proxy(&self.fake.shout_url(), "recovery").await?;
         let shouter = Shouter::new(&proxy.url)?;
-        let mut tripped = None;
-        for i in 0..50 {
-            let started = Instant::now();
-            shouter.shout(i, &format!("trip {} #{i}", self.run_id)).await;
-            if proxy.status().await?["pipeline"]["breaker"]["state"] == "open" {
-                tripped = Some(started);
-                break;
-            }
-        }
-        let Some(tripped) = tripped else { bail!("recovery: the breaker did not open on 503s") };
+        let tripped = proxy.trip_breaker(&self.run_id.to_string()).await.context("recovery: on 503s")?;
         self.fake.set(json!({})).await?;
         let (healed, mut polls, mut back) = (Instant::now(), 0, None);
         while back.is_none() && healed.elapsed() < Duration::from_secs(15) {
@@ -277,7 +258,7 @@ impl Drill {
             let o = shouter.shout(polls, &format!("recover {} #{polls}", self.run_id)).await;
             polls += 1;
             if !o.correct {
-                self.target("recovery: every poll answered correctly".into(), false, o.error);
+                self.target("recovery: every poll answered correctly", false, o.error);
             }
             back = (o.source == "upstream").then(Instant::now);
             tokio::time::sleep_until((t + Duration::from_millis(100)).into()).await;
@@ -291,7 +272,7 @@ impl Drill {
             )
         });
         let ok = back.is_some_and(|b| (b - tripped).as_secs_f64() * 1e3 <= OPEN_MS + 500.0);
-        self.target("recovery within open period + 500 ms".into(), ok, measured);
+        self.target("recovery within open period + 500 ms", ok, measured);
         Ok(())
     }
 
@@ -320,15 +301,12 @@ impl Drill {
         let p99 = percentile(&latencies, 0.99);
         let measured = format!("p50 {:.2} ms, p99 {p99:.2} ms, {wrong} wrong of 1000", percentile(&latencies, 0.5));
         self.target(
-            "slow clients: p99 < 50 ms beside 500 stalled connections, all correct".into(),
+            "slow clients: p99 < 50 ms beside 500 stalled connections, all correct",
             p99 < 50.0 && wrong == 0,
             measured,
         );
-        self.target(
-            "slow clients: every stalled connection closed by the server".into(),
-            closed == 500,
-            format!("{closed}/500"),
-        );
+        let closed_target = "slow clients: every stalled connection closed by the server";
+        self.target(closed_target, closed == 500, format!("{closed}/500"));
         Ok(())
     }
 }
@@ -352,43 +330,25 @@ pub async fn run(args: Args) -> Result<()> {
         d.slow_clients().await?;
     }
     d.fake.proc.assert_no_panic()?;
+    let Args { requests, concurrency, hard_down_secs, .. } = d.args;
+    let (extra, secs) = (d.args.proxy_arg.join(" "), started.elapsed().as_secs_f64());
     let mut report = format!(
-        "`cargo xtask drill`: {} unique requests per mode, {} concurrent, hard-down modes over {} s; proxy defaults with `--breaker-open-ms 2000` {}; a fresh proxy per mode; {:.0} s.\n\n",
-        d.args.requests,
-        d.args.concurrency,
-        d.args.hard_down_secs,
-        d.args.proxy_arg.join(" "),
-        started.elapsed().as_secs_f64()
+        "`cargo xtask drill`: {requests} unique requests per mode, {concurrency} concurrent, hard-down modes over {hard_down_secs} s; proxy defaults with `--breaker-open-ms 2000` {extra}; a fresh proxy per mode; {secs:.0} s.\n\n"
     );
     let pairs = |v: &[(String, f64)]| {
         v.iter().filter(|p| p.1 > 0.0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     };
-    let rows: Vec<String> = d
-        .rows
-        .iter()
-        .map(|r| {
-            let (b, s, calls) =
-                (&r.breaker, r.sources, format!("{}{}", r.upstream_calls, if r.counted_upstream { "" } else { "¹" }));
-            format!(
-                "{}|{}/{}|{}/{}/{}|{:.0} / {:.0}|{calls}|{:.1} s|{} ({}, {})|{}|{}|{}",
-                r.mode,
-                r.correct,
-                r.requests,
-                s[0],
-                s[1],
-                s[2],
-                r.p50_ms,
-                r.p99_ms,
-                r.seconds,
-                b["state"].as_str().unwrap_or("?"),
-                r.trips,
-                r.probes,
-                pairs(&r.fallbacks),
-                pairs(&r.attempts),
-                r.retries
-            )
-        })
-        .collect();
+    let mut rows = Vec::new();
+    for r in &d.rows {
+        let (s, b) = (r.sources, r.breaker["state"].as_str().unwrap_or("?"));
+        let calls = format!("{}{}", r.upstream_calls, if r.counted_upstream { "" } else { "¹" });
+        let head = format!(
+            "{}|{}/{}|{}/{}/{}|{:.0} / {:.0}",
+            r.mode, r.correct, r.requests, s[0], s[1], s[2], r.p50_ms, r.p99_ms
+        );
+        let tail = format!("{}|{}|{}", pairs(&r.fallbacks), pairs(&r.attempts), r.retries);
+        rows.push(format!("{head}|{calls}|{:.1} s|{b} ({}, {})|{tail}", r.seconds, r.trips, r.probes));
+    }
     let header = "mode|correct|upstream/cache/fallback|p50 / p99 ms|upstream calls|duration|breaker at end (trips, probes)|fallbacks by reason|attempts by outcome|retries";
     report += &table(header, &rows);
     report += "\nUpstream calls: the fake's `GET /control` count, or the connections the reset server accepted; ¹ nothing listens on a refused port, so the proxy's `shout_upstream_attempts_total`.\n\n";

@@ -76,14 +76,10 @@ impl Wrk<'_> {
     /// end it early: wrk prints its summary on SIGINT).
     pub fn spawn(&self) -> Result<tokio::process::Child> {
         let lua = crate::proc::root().join("bench/lua/shout.lua");
-        let mut cmd = match self.cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus, "wrk"]);
-                c
-            }
-            None => Command::new("wrk"),
-        };
+        let mut cmd = Command::new(if self.cpus.is_some() { "taskset" } else { "wrk" });
+        if let Some(cpus) = self.cpus {
+            cmd.args(["-c", cpus, "wrk"]);
+        }
         let duration = format!("-d{}s", self.duration.as_secs_f64().round().max(1.0)); // wrk takes whole seconds
         cmd.args(["-t1", &format!("-c{}", self.connections), &duration, "--timeout", "10s", "-s"])
             .arg(Path::new(&lua))

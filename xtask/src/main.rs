@@ -45,6 +45,16 @@ enum Cmd {
     },
     /// Every dashboard and alert query parses and returns data on a real Prometheus.
     Promcheck(promcheck::Args),
+    /// Runs an outside tool against a fresh shout-proxy (`BASE_URL`) and fake upstream (`FAKE_URL`);
+    /// fails when the tool does, a process panics or a first shout is wrong.
+    With {
+        /// No fake: the upstream is a closed port, so the fallback answers.
+        #[arg(long)]
+        no_fake: bool,
+        /// The tool and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// A missed target (exit 1), as opposed to a broken check (exit 2).
@@ -77,13 +87,43 @@ pub fn verdict(targets: &[(String, bool, String)]) -> (String, Result<(), Missed
     (table("target|result|measured", &rows), if missed.is_empty() { Ok(()) } else { Err(Missed(missed)) })
 }
 
+/// The one process manager for outside tools (schemathesis, Chromium): they get the URLs, the
+/// harness starts, checks and stops the binaries.
+async fn with(no_fake: bool, command: &[String]) -> anyhow::Result<()> {
+    let fake = if no_fake { None } else { Some(fake::Fake::start("with-fake", &[]).await?) };
+    let closed = format!("http://127.0.0.1:{}/V1/SHOUT", proc::free_port()?);
+    let proxy = proc::Proxy::start("with-proxy", &fake.as_ref().map_or(closed, fake::Fake::shout_url), &[]).await?;
+    let first = client::Shouter::new(&proxy.url)?.shout(0, "first shout").await;
+    if !first.correct || first.source != if no_fake { "fallback" } else { "upstream" } {
+        anyhow::bail!("a first shout answered by {:?}: {}", first.source, first.error);
+    }
+    eprintln!(
+        "[with] shout-proxy on {} (upstream: {}), the first shout answered by {}",
+        proxy.url,
+        fake.as_ref().map_or("a closed port", |f| &f.base),
+        first.source
+    );
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]).env("BASE_URL", &proxy.url).envs(fake.as_ref().map(|f| ("FAKE_URL", &f.base)));
+    let status = cmd.status().await?;
+    for p in fake.as_ref().map(|f| &f.proc).into_iter().chain([&proxy.proc]) {
+        p.assert_no_panic()?;
+    }
+    if let Some(f) = &fake {
+        eprintln!("[with] the fake shoutcloud saw: {}", f.control().await?);
+    }
+    if status.success() { Ok(()) } else { Err(Missed(vec![format!("{} exited with {status}", command[0])]).into()) }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    shout_proxy::install_tls_provider(); // reqwest is built without a provider of its own
     let result = match Cli::parse().command {
         Cmd::Drill(args) => drill::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Reference { listen } => bench::reference(&listen).await,
         Cmd::Promcheck(args) => promcheck::run(args).await,
+        Cmd::With { no_fake, command } => with(no_fake, &command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

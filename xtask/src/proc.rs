@@ -135,17 +135,10 @@ impl Proxy {
     /// As [`Proxy::start`], pinned to `cpus` (`taskset -c`, which execs: the pid is the proxy's).
     pub async fn start_on(name: &str, upstream_url: &str, extra: &[&str], cpus: Option<&str>) -> Result<Proxy> {
         let (port, admin) = (free_port()?, free_port()?);
-        let mut args: Vec<String> = vec![
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin}"),
-            "--upstream-url".into(),
-            upstream_url.into(),
-            "--drain-ms".into(),
-            "0".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
+        let flags =
+            ["--listen", &listen, "--admin-listen", &admin_listen, "--upstream-url", upstream_url, "--drain-ms", "0"];
+        let mut args: Vec<String> = flags.into_iter().chain(extra.iter().copied()).map(str::to_owned).collect();
         let bin = release_bin("shout-proxy")?;
         let mut proc = match cpus {
             Some(cpus) => {
@@ -162,6 +155,20 @@ impl Proxy {
     /// One scrape of `/metrics`.
     pub async fn metrics(&self) -> Result<crate::prom::Metrics> {
         crate::prom::scrape(&format!("{}/metrics", self.admin)).await
+    }
+
+    /// Shouts unique inputs until `/status` reads the breaker open (at most 50); returns when the
+    /// request that tripped it started.
+    pub async fn trip_breaker(&self, tag: &str) -> Result<Instant> {
+        let shouter = crate::client::Shouter::new(&self.url)?;
+        for i in 0..50 {
+            let started = Instant::now();
+            shouter.shout(i, &format!("trip {tag} #{i}")).await;
+            if self.status().await?["pipeline"]["breaker"]["state"] == "open" {
+                return Ok(started);
+            }
+        }
+        bail!("{}: the breaker did not open after 50 requests", self.proc.name)
     }
 
     /// `GET /status` as JSON.

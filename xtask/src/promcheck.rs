@@ -49,22 +49,17 @@ const SCENARIO: &str = r#"shout_answers_total{source="upstream"} shout_answers_t
     http_server_request_duration_seconds_count{http_response_status_code="404"}"#;
 /// kube-state-metrics series: no kube-state-metrics runs here, so a query made only of these
 /// may come back empty (it must still parse).
-const KSM: [&str; 14] = [
-    "kube_deployment_status_replicas",
-    "kube_deployment_spec_replicas",
-    "kube_horizontalpodautoscaler_status_current_replicas",
-    "kube_horizontalpodautoscaler_spec_max_replicas",
-    "kube_horizontalpodautoscaler_status_target_metric",
-    "kube_horizontalpodautoscaler_spec_target_metric",
-    "kube_horizontalpodautoscaler_status_condition",
-    "kube_pod_container_resource_requests",
-    "kube_pod_container_resource_limits",
-    "kube_pod_container_status_restarts_total",
-    "kube_pod_container_status_last_terminated_reason",
-    "container_cpu_usage_seconds_total",
-    "container_cpu_cfs_throttled_periods_total",
-    "container_cpu_cfs_periods_total",
-];
+const KSM: &str = "kube_deployment_status_replicas kube_deployment_spec_replicas
+    kube_horizontalpodautoscaler_status_current_replicas kube_horizontalpodautoscaler_spec_max_replicas
+    kube_horizontalpodautoscaler_status_target_metric kube_horizontalpodautoscaler_spec_target_metric
+    kube_horizontalpodautoscaler_status_condition kube_pod_container_resource_requests
+    kube_pod_container_resource_limits kube_pod_container_status_restarts_total
+    kube_pod_container_status_last_terminated_reason container_cpu_usage_seconds_total
+    container_cpu_cfs_throttled_periods_total container_cpu_cfs_periods_total";
+fn is_ksm(name: &str) -> bool {
+    KSM.split_whitespace().any(|k| k == name)
+}
+
 /// Labels the scrape adds, on every series but not in /metrics.
 const TARGET_LABELS: [&str; 7] = ["job", "instance", "namespace", "pod", "service", "endpoint", "container"];
 
@@ -153,7 +148,7 @@ impl Check {
             self.fail(format!("{id}: no metric name in {expr:?}"));
         }
         for name in &n.metrics {
-            if !self.exposition.contains_key(name) && !KSM.contains(&name.as_str()) && name != "up" {
+            if !self.exposition.contains_key(name) && !is_ksm(name) && name != "up" {
                 self.fail(format!(
                     "{id}: metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"
                 ));
@@ -186,8 +181,18 @@ impl Check {
     }
 }
 
+/// The elements of a JSON array (none when it is not one).
+fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+/// A JSON string, empty when it is not one.
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
 fn walk_panels(panels: &Value, out: &mut Vec<Value>) {
-    for p in panels.as_array().into_iter().flatten() {
+    for p in items(panels) {
         out.push(p.clone());
         walk_panels(&p["panels"], out);
     }
@@ -198,7 +203,7 @@ fn walk_panels(panels: &Value, out: &mut Vec<Value>) {
 fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
     if dash.get("__inputs").is_some()
         || dash["schemaVersion"].as_u64().unwrap_or(0) < 36
-        || dash["uid"].as_str().unwrap_or("").is_empty()
+        || text(&dash["uid"]).is_empty()
     {
         c.fail("dashboard: has __inputs, schemaVersion < 36 or no uid".into());
     }
@@ -241,37 +246,27 @@ fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
 /// GitHub's anchors of the runbook's headings; its `**Row › Panel**` references and `/status`
 /// field names must exist.
 fn check_runbook(runbook: &str, dash: &Value, status: &Value, c: &mut Check) -> BTreeSet<String> {
-    let text = runbook.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = runbook.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut panels = BTreeSet::new();
     let mut row = String::new();
-    for p in dash["panels"].as_array().into_iter().flatten() {
-        let title = p["title"].as_str().unwrap_or("").to_owned();
+    for p in items(&dash["panels"]) {
         if p["type"] == "row" {
-            row = title;
-            panels.extend(
-                p["panels"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|q| format!("{row} › {}", q["title"].as_str().unwrap_or(""))),
-            );
+            row = text(&p["title"]).to_owned();
+            panels.extend(items(&p["panels"]).map(|q| format!("{row} › {}", text(&q["title"]))));
         } else {
-            panels.insert(format!("{row} › {title}"));
+            panels.insert(format!("{row} › {}", text(&p["title"])));
         }
     }
-    let refs: Vec<&str> = text.split("**").skip(1).step_by(2).filter(|s| s.contains(" › ")).collect();
+    let refs: Vec<&str> = flat.split("**").skip(1).step_by(2).filter(|s| s.contains(" › ")).collect();
     if refs.is_empty() {
         c.fail("the runbook names no dashboard panel (**Row › Panel**)".into());
     }
     for r in refs.iter().filter(|r| !panels.contains(**r)) {
         c.fail(format!("the runbook names panel **{r}**, which the dashboard does not have"));
     }
-    let fields: BTreeSet<&str> = text
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| s.starts_with("pipeline.") && s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_' || ch == '.'))
-        .collect();
+    let is_field =
+        |s: &&str| s.starts_with("pipeline.") && s.chars().all(|ch| ch.is_ascii_lowercase() || "_.".contains(ch));
+    let fields: BTreeSet<&str> = flat.split('`').skip(1).step_by(2).filter(is_field).collect();
     if fields.is_empty() {
         c.fail("the runbook names no /status field".into());
     }
@@ -314,12 +309,8 @@ async fn load(url: &str, secs: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) {
                 form(format!("data=form+repeated+{}", i % 5)),
             ];
             if i.is_multiple_of(5) {
-                requests.extend([
-                    json(r#"{"data": "#.into()),
-                    json(r#"{"other": "x"}"#.into()),
-                    http.get(format!("{url}/no/such")),
-                ]);
-                requests.push(http.get(format!("{url}/health")));
+                requests.extend([json(r#"{"data": "#.into()), json(r#"{"other": "x"}"#.into())]);
+                requests.extend([http.get(format!("{url}/no/such")), http.get(format!("{url}/health"))]);
             }
             for r in requests {
                 let code = r.timeout(Duration::from_secs(5)).send().await.map_or(0, |r| r.status().as_u16());
@@ -330,13 +321,9 @@ async fn load(url: &str, secs: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) {
     futures_util::future::join_all((0..4).map(client)).await;
 }
 
-async fn breaker_is(proxy: &Proxy, state: &str) -> Result<bool> {
-    Ok(proxy.metrics().await?.sample("shout_breaker_state", &[("state", state)]) == 1.0)
-}
-
 async fn load_until(proxy: &Proxy, state: &str, max: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) -> Result<()> {
     let start = Instant::now();
-    while !breaker_is(proxy, state).await? {
+    while proxy.metrics().await?.sample("shout_breaker_state", &[("state", state)]) != 1.0 {
         if start.elapsed() > Duration::from_secs(max) {
             bail!("the breaker did not reach {state} within {max} s");
         }
@@ -349,28 +336,14 @@ async fn load_until(proxy: &Proxy, state: &str, max: u64, codes: &Arc<Mutex<BTre
 pub async fn run(_: Args) -> Result<()> {
     let started = Instant::now();
     let fake = Fake::start("promcheck-fake", &["--failure-rate", "0.3", "--latency-ms", "5"]).await?;
-    let proxy = Proxy::start(
-        "promcheck-proxy",
-        &fake.shout_url(),
-        &["--breaker-open-ms", "1000", "--breaker-max-open-ms", "4000"],
-    )
-    .await?;
+    let flags = ["--breaker-open-ms", "1000", "--breaker-max-open-ms", "4000"];
+    let proxy = Proxy::start("promcheck-proxy", &fake.shout_url(), &flags).await?;
     let config = std::fs::read_to_string(root().join("prometheus/prometheus-check.yml"))?
         .replace("@ADMIN_TARGET@", proxy.admin.trim_start_matches("http://"))
         .replace("@RULES_FILE@", &root().join("prometheus/alerts.yaml").canonicalize()?.display().to_string());
-    let prometheus = External::start(
-        "promcheck-prometheus",
-        "prometheus",
-        &[
-            "--config.file=@DIR@/config",
-            "--storage.tsdb.path=@DIR@/data",
-            "--web.listen-address=127.0.0.1:@PORT@",
-            "--log.level=warn",
-        ],
-        &config,
-        Some("/-/ready"),
-    )
-    .await?;
+    let flags = "--config.file=@DIR@/config --storage.tsdb.path=@DIR@/data --web.listen-address=127.0.0.1:@PORT@";
+    let flags: Vec<&str> = flags.split(' ').chain(["--log.level=warn"]).collect();
+    let prometheus = External::start("promcheck-prometheus", "prometheus", &flags, &config, Some("/-/ready")).await?;
     let codes = Arc::new(Mutex::new(BTreeMap::new()));
     eprintln!("[promcheck] load: flaky upstream (30 % failures), 20 s");
     load(&proxy.url, 20, &codes).await;
@@ -387,8 +360,8 @@ pub async fn run(_: Args) -> Result<()> {
     load(&proxy.url, 10, &codes).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let text = reqwest::get(format!("{}/metrics", proxy.admin)).await?.text().await?;
-    let metrics = Metrics::parse(&text)?;
+    let exposed = reqwest::get(format!("{}/metrics", proxy.admin)).await?.text().await?;
+    let metrics = Metrics::parse(&exposed)?;
     let status = proxy.status().await?;
     let mut exposition = Exposition::new();
     for s in &metrics.0 {
@@ -397,12 +370,8 @@ pub async fn run(_: Args) -> Result<()> {
             labels.entry(k.clone()).or_default().insert(v.clone());
         }
     }
-    let mut c = Check {
-        prom: format!("http://127.0.0.1:{}", prometheus.port),
-        http: reqwest::Client::new(),
-        exposition,
-        failures: vec![],
-    };
+    let prom = format!("http://127.0.0.1:{}", prometheus.port);
+    let mut c = Check { prom, http: reqwest::Client::new(), exposition, failures: vec![] };
     let codes = codes.lock().map(|c| c.clone()).unwrap_or_default();
     eprintln!("[promcheck] responses by status: {codes:?}");
     for want in [200, 400, 404] {
@@ -419,7 +388,7 @@ pub async fn run(_: Args) -> Result<()> {
         }
     }
     let metrics_file = crate::proc::out_dir("promcheck-prometheus")?.join("metrics.txt");
-    std::fs::write(&metrics_file, &text)?;
+    std::fs::write(&metrics_file, &exposed)?;
     let lint = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(&metrics_file)?)
@@ -431,12 +400,8 @@ pub async fn run(_: Args) -> Result<()> {
     let contract: Vec<(&str, bool)> =
         CONTRACT.split_whitespace().map(|f| (f.trim_end_matches(":h"), f.ends_with(":h"))).collect();
     for (family, histogram) in &contract {
-        let series = if *histogram {
-            ["_bucket", "_count", "_sum"].map(|s| format!("{family}{s}")).to_vec()
-        } else {
-            vec![family.to_string()]
-        };
-        for s in series.iter().filter(|s| !metrics.has(s)) {
+        let suffixes: &[&str] = if *histogram { &["_bucket", "_count", "_sum"] } else { &[""] };
+        for s in suffixes.iter().map(|x| format!("{family}{x}")).filter(|s| !metrics.has(s)) {
             c.fail(format!("contract metric {s} is missing from /metrics"));
         }
     }
@@ -446,16 +411,11 @@ pub async fn run(_: Args) -> Result<()> {
     walk_panels(&dash["panels"], &mut panels);
     check_dashboard(&dash, &panels, &mut c);
     let anchors = check_runbook(&runbook, &dash, &status, &mut c);
-    let vars = [
-        ("${__rate_interval}", "1m"),
-        ("$__rate_interval", "1m"),
-        ("${namespace}", "shout-ci"),
-        ("$namespace", "shout-ci"),
-    ];
-    let vars = vars.into_iter().chain([("${pod}", "shout-proxy-ci-0"), ("$pod", "shout-proxy-ci-0")]);
-    let substitute = |e: &str| vars.clone().fold(e.to_owned(), |e, (var, value)| e.replace(var, value));
+    let vars = [("__rate_interval", "1m"), ("namespace", "shout-ci"), ("pod", "shout-proxy-ci-0")];
+    let vars = vars.into_iter().flat_map(|(k, v)| [(format!("${{{k}}}"), v), (format!("${k}"), v)]);
+    let substitute = |e: &str| vars.clone().fold(e.to_owned(), |e, (var, value)| e.replace(&var, value));
     let (mut rows, mut used) = (Vec::new(), BTreeSet::new());
-    for v in dash["templating"]["list"].as_array().into_iter().flatten().filter(|v| v["type"] == "query") {
+    for v in items(&dash["templating"]["list"]).filter(|v| v["type"] == "query") {
         let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or("");
         let Some((expr, label)) =
             q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).and_then(|r| r.rsplit_once(','))
@@ -472,11 +432,11 @@ pub async fn run(_: Args) -> Result<()> {
         rows.push(format!("var:{} {n}", v["name"]));
     }
     for p in &panels {
-        for t in p["targets"].as_array().into_iter().flatten().filter(|t| t["expr"].is_string()) {
-            let id = format!("panel{}/{}", p["id"], t["refId"].as_str().unwrap_or(""));
-            let expr = substitute(t["expr"].as_str().unwrap_or(""));
+        for t in items(&p["targets"]).filter(|t| t["expr"].is_string()) {
+            let id = format!("panel{}/{}", p["id"], text(&t["refId"]));
+            let expr = substitute(text(&t["expr"]));
             let names = c.names(&id, &expr);
-            let ksm_only = !names.is_empty() && names.iter().all(|n| KSM.contains(&n.as_str()));
+            let ksm_only = !names.is_empty() && names.iter().all(|n| is_ksm(n));
             used.extend(names);
             let (ok, n, err) = c.query(&expr).await?;
             if !ok || (n == 0 && !ksm_only) {
@@ -496,19 +456,14 @@ pub async fn run(_: Args) -> Result<()> {
     let alerts_yaml = std::fs::read_to_string(root().join("prometheus/alerts.yaml"))?;
     let expected = alerts_yaml.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
     let loaded = c.api("/api/v1/rules", &[]).await?;
-    let rules: Vec<Value> = loaded["data"]["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-        .filter(|r| r["type"] == "alerting")
-        .collect();
+    let rules: Vec<&Value> =
+        items(&loaded["data"]["groups"]).flat_map(|g| items(&g["rules"])).filter(|r| r["type"] == "alerting").collect();
     if rules.len() != expected {
         c.fail(format!("Prometheus loaded {} alerting rules, alerts.yaml has {expected}", rules.len()));
     }
     for r in &rules {
-        let id = format!("alert:{}", r["name"].as_str().unwrap_or(""));
-        let url = r["annotations"]["runbook_url"].as_str().unwrap_or("");
+        let id = format!("alert:{}", text(&r["name"]));
+        let url = text(&r["annotations"]["runbook_url"]);
         let anchor_ok = url
             .split_once('#')
             .is_some_and(|(page, anchor)| page.ends_with("docs/runbook.md") && anchors.contains(anchor));
@@ -516,17 +471,17 @@ pub async fn run(_: Args) -> Result<()> {
             || !anchor_ok
             || r["annotations"]["summary"].is_null()
             || r["annotations"]["description"].is_null()
-            || !["critical", "warning"].contains(&r["labels"]["severity"].as_str().unwrap_or(""))
+            || !["critical", "warning"].contains(&text(&r["labels"]["severity"]))
         {
             c.fail(format!("{id}: health {}, runbook_url {url:?} (a heading of docs/runbook.md?), summary, description, severity critical|warning", r["health"]));
         }
-        let query = r["query"].as_str().unwrap_or("");
+        let query = text(&r["query"]);
         c.names(&id, query);
         let (ok, n, err) = c.query(query).await?;
         if !ok {
             c.fail(format!("{id}: {err}"));
         }
-        rows.push(format!("{id} ({}) {n}", r["state"].as_str().unwrap_or("")));
+        rows.push(format!("{id} ({}) {n}", text(&r["state"])));
     }
     for (p, name) in [(&proxy.proc, "proxy"), (&fake.proc, "fake"), (&prometheus.proc, "prometheus")] {
         p.assert_no_panic().with_context(|| name.to_owned())?;
