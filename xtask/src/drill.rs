@@ -421,11 +421,12 @@ async fn metric_values(d: &mut Drill) -> Result<()> {
             Shouter::new(&proxy.url)?.shout(sent, &format!("{phase} {} #{i}", d.run_id)).await;
         }
         let m = proxy.metrics().await?;
-        let (answers, active) = (m.by_label("shout_answers_total", "source"), m.sum("http_server_active_requests"));
+        let answers = m.by_label("shout_answers_total", "source");
+        let active = m.has("http_server_active_requests").then(|| m.sum("http_server_active_requests"));
         let state = m.by_label("shout_breaker_state", "state").into_iter().find(|s| s.1 == 1.0).unwrap_or_default().0;
-        let ok = answers.iter().map(|a| a.1).sum::<f64>() == sent as f64 && active == 0.0 && state == want;
+        let ok = answers.iter().map(|a| a.1).sum::<f64>() == sent as f64 && active == Some(0.0) && state == want;
         let target = format!("metric values, {phase}: answers = {sent} sent, 0 active, breaker {want}");
-        d.target(target, ok, format!("answers {answers:?}, active {active}, breaker {state}"));
+        d.target(target, ok, format!("answers {answers:?}, active {active:?}, breaker {state}"));
     }
     let run = |cmd: &str, args: &[&str]| std::process::Command::new(cmd).args(args).current_dir(root()).output();
     let head = String::from_utf8_lossy(&run("git", &["rev-parse", "--short=12", "HEAD"])?.stdout).trim().to_owned();
