@@ -1,6 +1,7 @@
 //! Traces that arrive: the release-shaped binary exports over OTLP/HTTP to a real receiver that
-//! decodes `ExportTraceServiceRequest`s, and with the receiver gone it keeps serving, counts the
-//! dropped spans and logs no line per request.
+//! decodes `ExportTraceServiceRequest`s (server spans, one client span per upstream attempt under
+//! its request's server span, the caller's trace honoured, no warning), and with the receiver gone
+//! it keeps serving, counts the dropped spans and logs no line per request.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use poem::web::Data;
 use poem::{EndpointExt, Route, handler, post};
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
-use wiremock::MockServer;
+use wiremock::{MockServer, ResponseTemplate};
 
 use crate::helpers::{sample, shout_call, shoutcloud};
 
@@ -230,4 +231,66 @@ async fn with_the_receiver_down_requests_succeed_and_only_a_counter_notices() {
         warnings <= 2,
         "at most one export warning a minute, not one per request: {warnings}\n{output}"
     );
+    // Start-up, shutdown and that warning: a handful of lines for 200 requests, none per request.
+    let lines = output.lines().count();
+    assert!(
+        lines <= 12,
+        "{lines} log lines for {sent} requests:\n{output}"
+    );
+}
+
+#[tokio::test]
+async fn each_attempt_at_a_flaky_upstream_arrives_as_a_client_span_under_its_requests_server_span()
+{
+    let upstream = MockServer::start().await;
+    shout_call().respond_with(shoutcloud).mount(&upstream).await;
+    let (endpoint, received) = receiver().await;
+    let proxy = Proxy::start(&endpoint, &upstream).await;
+    let sent = 6;
+
+    for i in 0..sent {
+        if i % 2 == 0 {
+            // This request's first attempt gets a 503, its retry the answer.
+            shout_call()
+                .respond_with(ResponseTemplate::new(503))
+                .up_to_n_times(1)
+                .with_priority(1)
+                .mount(&upstream)
+                .await;
+        }
+        assert_eq!(proxy.shout(&format!("flaky {i}"), None).await, 200);
+    }
+    let attempts = upstream.received_requests().await.unwrap().len();
+    let output = proxy.stop().await;
+
+    assert_eq!(attempts, sent + sent / 2, "every 503 retried once");
+    let spans = received.0.lock().unwrap().clone();
+    let of_kind =
+        |kind: SpanKind| -> Vec<&Span> { spans.iter().filter(|s| s.kind == kind as i32).collect() };
+    let (servers, clients) = (of_kind(SpanKind::Server), of_kind(SpanKind::Client));
+    assert_eq!(
+        servers.len(),
+        sent,
+        "one server span per request: {servers:#?}"
+    );
+    assert_eq!(
+        clients.len(),
+        attempts,
+        "one client span per attempt: {clients:#?}"
+    );
+    let mut attempts_per_request: Vec<usize> = servers
+        .iter()
+        .map(|server| {
+            let children: Vec<&&Span> = clients
+                .iter()
+                .filter(|c| c.parent_span_id == server.span_id)
+                .collect();
+            assert!(children.iter().all(|c| c.trace_id == server.trace_id));
+            children.len()
+        })
+        .collect();
+    attempts_per_request.sort_unstable();
+    assert_eq!(attempts_per_request, [1, 1, 1, 2, 2, 2], "{spans:#?}");
+    assert!(!output.contains("panicked"), "{output}");
+    assert!(!output.contains("WARN"), "{output}");
 }

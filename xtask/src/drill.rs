@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::client::{Outcome, RawClient, Shouter, percentile};
 use crate::fake::Fake;
-use crate::proc::{Proxy, free_port, out_dir};
+use crate::proc::{Proxy, free_port, out_dir, release_bin, root};
 use crate::prom::{Metrics, assert_delta};
 use crate::{table, verdict};
 
@@ -329,6 +329,9 @@ pub async fn run(args: Args) -> Result<()> {
     if wanted("slow-clients", &d.args) {
         d.slow_clients().await?;
     }
+    if wanted("metric-values", &d.args) {
+        metric_values(&mut d).await?;
+    }
     d.fake.proc.assert_no_panic()?;
     let Args { requests, concurrency, hard_down_secs, .. } = d.args;
     let (extra, secs) = (d.args.proxy_arg.join(" "), started.elapsed().as_secs_f64());
@@ -359,4 +362,39 @@ pub async fn run(args: Args) -> Result<()> {
     let json = serde_json::to_string_pretty(&json!({"modes": d.rows, "targets": d.targets}))?;
     std::fs::write(out_dir("")?.join("fault-drill.json"), json)?;
     Ok(missed?)
+}
+
+/// Metric values against a scripted fault timeline, apart from the modes above: after each phase
+/// (healthy, failing, healed after the open period) the answers by source sum to the requests
+/// sent, no request is active, and the breaker state is the phase's; `shout_build_info` and
+/// `--version` carry HEAD's revision.
+async fn metric_values(d: &mut Drill) -> Result<()> {
+    let (proxy, mut sent) = (d.proxy(&d.fake.shout_url(), "metric-values").await?, 0);
+    for (phase, knobs, want) in
+        [("ok", "{}", "closed"), ("fail", r#"{"mode":"fail"}"#, "open"), ("heal", "{}", "closed")]
+    {
+        d.fake.set(serde_json::from_str(knobs)?).await?;
+        let open_ms = proxy.status().await?["pipeline"]["breaker"]["open_ms_left"].as_u64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(open_ms + 100)).await;
+        for i in 0..30 {
+            sent += 1;
+            Shouter::new(&proxy.url)?.shout(sent, &format!("{phase} {} #{i}", d.run_id)).await;
+        }
+        let m = proxy.metrics().await?;
+        let answers = m.by_label("shout_answers_total", "source");
+        let active = m.has("http_server_active_requests").then(|| m.sum("http_server_active_requests"));
+        let state = m.by_label("shout_breaker_state", "state").into_iter().find(|s| s.1 == 1.0).unwrap_or_default().0;
+        let ok = answers.iter().map(|a| a.1).sum::<f64>() == sent as f64 && active == Some(0.0) && state == want;
+        let target = format!("metric values, {phase}: answers = {sent} sent, 0 active, breaker {want}");
+        d.target(target, ok, format!("answers {answers:?}, active {active:?}, breaker {state}"));
+    }
+    let run = |cmd: &str, args: &[&str]| std::process::Command::new(cmd).args(args).current_dir(root()).output();
+    let head = String::from_utf8_lossy(&run("git", &["rev-parse", "--short=12", "HEAD"])?.stdout).trim().to_owned();
+    let version = run(&release_bin("shout-proxy")?.display().to_string(), &["--version"])?.stdout;
+    let version = String::from_utf8_lossy(&version).trim().to_owned();
+    let info = proxy.metrics().await?.0.into_iter().find(|s| s.name == "shout_build_info").map(|s| s.labels);
+    let revision = info.unwrap_or_default().into_iter().find(|l| l.0 == "revision").unwrap_or_default().1;
+    let ok = !head.is_empty() && revision == head && version.contains(&head);
+    d.target("build revision is HEAD's".into(), ok, format!("HEAD {head}, build_info {revision}, --version {version}"));
+    proxy.proc.assert_no_panic()
 }

@@ -12,6 +12,7 @@
 //!
 //! Each command exits 0 when every target is met, 1 when one is missed, 2 when it broke.
 
+mod alerts;
 mod bench;
 mod chart;
 mod client;
@@ -55,6 +56,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// The alert rules end to end: real Prometheus and Alertmanager, a failing then healed upstream.
+    Alerts,
 }
 
 /// A missed target (exit 1), as opposed to a broken check (exit 2).
@@ -124,6 +127,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Reference { listen } => bench::reference(&listen).await,
         Cmd::Promcheck(args) => promcheck::run(args).await,
         Cmd::With { no_fake, command } => with(no_fake, &command).await,
+        Cmd::Alerts => alerts::run().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
