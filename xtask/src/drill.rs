@@ -395,6 +395,6 @@ async fn metric_values(d: &mut Drill) -> Result<()> {
     let info = proxy.metrics().await?.0.into_iter().find(|s| s.name == "shout_build_info").map(|s| s.labels);
     let revision = info.unwrap_or_default().into_iter().find(|l| l.0 == "revision").unwrap_or_default().1;
     let ok = !head.is_empty() && revision == head && version.contains(&head);
-    d.target("build revision is HEAD's".into(), ok, format!("HEAD {head}, build_info {revision}, --version {version}"));
+    d.target("build revision is HEAD's", ok, format!("HEAD {head}, build_info {revision}, --version {version}"));
     proxy.proc.assert_no_panic()
 }
