@@ -55,16 +55,13 @@ async fn shout_all(url: &str, texts: &[String]) -> Result<Vec<Outcome>> {
     Ok(futures_util::stream::iter(all).buffer_unordered(8).collect().await)
 }
 
-fn correct(outcomes: &[Outcome], source: &str) -> usize {
-    outcomes.iter().filter(|o| o.correct && (source.is_empty() || o.source == source)).count()
-}
-
 pub async fn run(args: Args) -> Result<()> {
     let (started, mut targets, ms) = (Instant::now(), Vec::new(), Duration::from_millis);
     let mut check = |target: &str, ok: bool, measured: String| {
         eprintln!("[hostile] {} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
         targets.push((target.to_owned(), ok, measured));
     };
+    let correct = |all: &[Outcome], from: &str| all.iter().filter(|o| o.correct && o.source.contains(from)).count();
     let tok = format!("hx{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
     let texts = |what: &str, n| (0..n).map(|i| format!("{what} {tok} #{i} {}", "x".repeat(8192))).collect::<Vec<_>>();
     let (fake, timeout, limit) = (Fake::start("hostile-fake", &[]).await?, TIMEOUT_MS.to_string(), ms(2 * TIMEOUT_MS));
@@ -134,8 +131,8 @@ pub async fn run(args: Args) -> Result<()> {
     check("an h2c preface: closed within 1 s, no HTTP/2 frame", h2.is_some_and(|b| !b.starts_with(b"\0")), measured);
 
     let stall = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
-    let mut stalled =
-        join_all((0..500).map(|_| raw(&proxy.url, stall))).await.into_iter().collect::<Result<Vec<_>>>()?;
+    let stalled = join_all((0..500).map(|_| raw(&proxy.url, stall))).await;
+    let mut stalled = stalled.into_iter().collect::<Result<Vec<_>>>()?;
     let (stalled_at, addr) = (Instant::now(), proxy.url.trim_start_matches("http://"));
     let flood = join_all((0..2000).map(|_| tokio::net::TcpStream::connect(addr))).await;
     let flood = flood.iter().filter(|c| c.is_ok()).count();
@@ -220,8 +217,8 @@ pub async fn run(args: Args) -> Result<()> {
     let stray = methods.iter().filter(|(m, _)| !METHODS.contains(&m.as_str())).count();
     let measured = format!("{} bytes, {} method series, {stray} stray", text.len(), methods.len());
     check("/metrics under 64 KiB; methods the nine and `_OTHER`", text.len() < 65536 && stray == 0, measured);
-    let (active, open) =
-        (m.sum("http_server_active_requests"), m.sample("shout_connections_open", &[("listener", "public")]));
+    let (active, public) = (m.sum("http_server_active_requests"), [("listener", "public")]);
+    let open = m.sample("shout_connections_open", &public);
     let measured = format!("{active} active requests, {open} connections");
     check("at rest: no active request, no public connection open", active == 0.0 && open == 0.0, measured);
     let (rss, hwm) = proxy.proc.rss_mib();
