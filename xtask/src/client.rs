@@ -115,17 +115,16 @@ impl RawClient {
         Ok(())
     }
 
-    /// Waits up to `within` for the server to close (EOF or reset), discarding (up to 64 KiB
-    /// of) whatever it sends first. `Some(bytes read)` when it closed, `None` when still open.
-    pub async fn closed_within(&mut self, within: Duration) -> Option<usize> {
-        let mut buf = [0u8; 4096];
-        let mut read = 0;
+    /// Waits up to `within` for the server to close (EOF or reset), keeping (up to 64 KiB of)
+    /// whatever it sends first. `Some(bytes sent)` when it closed, `None` when still open.
+    pub async fn closed_within(&mut self, within: Duration) -> Option<Vec<u8>> {
+        let (mut buf, mut read) = ([0u8; 4096], Vec::new());
         let deadline = tokio::time::Instant::now() + within;
-        while read < 65536 {
+        while read.len() < 65536 {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
                 Err(_) => return None,
                 Ok(Ok(0) | Err(_)) => return Some(read),
-                Ok(Ok(n)) => read += n,
+                Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
             }
         }
         None

@@ -7,8 +7,8 @@
 //! - `fake`: the fake upstream (`examples/fake_shoutcloud.rs`) and its `/control` API;
 //! - `client`: HTTP shouts checked against the crate's transform, raw TCP clients;
 //! - `load`: wrk; `chart`: plotters;
-//! - the commands: `drill` (fault drill and slow clients), `bench` (benchmark and `reference`,
-//!   its ceiling), `promcheck` (every dashboard and alert query on a real Prometheus).
+//! - the commands: `drill` (fault drill), `hostile` (hostile clients and upstream), `bench`
+//!   (benchmark and `reference`, its ceiling), `promcheck` (every dashboard and alert query on a real Prometheus).
 //!
 //! Each command exits 0 when every target is met, 1 when one is missed, 2 when it broke.
 
@@ -18,6 +18,7 @@ mod chart;
 mod client;
 mod drill;
 mod fake;
+mod hostile;
 mod load;
 mod proc;
 mod prom;
@@ -34,8 +35,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The fault drill: every fault mode, recovery, slow clients; writes target/xtask/fault-drill.md.
+    /// The fault drill: every fault mode, recovery; writes target/xtask/fault-drill.md.
     Drill(drill::Args),
+    /// Hostile clients and upstream: floods, trickles, odd bodies and answers; writes target/xtask/hostile-drill.md.
+    Hostile(hostile::Args),
     /// The load benchmark with wrk; writes target/xtask/bench/results.{json,md} and the chart.
     Bench(bench::Args),
     /// The bare reference handler, the benchmark's ceiling (poem + the crate's transform).
@@ -123,6 +126,7 @@ async fn main() -> std::process::ExitCode {
     shout_proxy::install_tls_provider(); // reqwest is built without a provider of its own
     let result = match Cli::parse().command {
         Cmd::Drill(args) => drill::run(args).await,
+        Cmd::Hostile(args) => hostile::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Reference { listen } => bench::reference(&listen).await,
         Cmd::Promcheck(args) => promcheck::run(args).await,
