@@ -10,7 +10,6 @@
 //!
 //! Nothing here knows the domain: the resolver hands the loop the expected answer.
 
-pub(crate) mod adaptive_limit;
 pub(crate) mod breaker;
 pub(crate) mod budget;
 pub(crate) mod client;
