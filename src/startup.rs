@@ -24,11 +24,11 @@ use crate::cache::AnswerCache;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::server::{ConnectionMetricFamilies, ListenerConfig, ListenerName};
+use crate::shared_cache::{SharedCache, SharedCacheConfig};
 use crate::shout::Resolver;
 use crate::upstream::breaker::{Breaker, BreakerConfig};
 use crate::upstream::budget::RetryBudget;
 use crate::upstream::client::{ClientConfig, UpstreamClient};
-use crate::shared_cache::{SharedCache, SharedCacheConfig};
 use crate::upstream::limit::{AdaptiveLimit, LimitConfig};
 
 /// Connections the admin port accepts at once: probes and scrapes need a handful.
@@ -86,10 +86,9 @@ pub fn build_resolver(settings: &Settings, metrics: &Metrics) -> anyhow::Result<
         .context("--upstream-ca-file")?;
     let mut limit_config = LimitConfig::new(settings.upstream_limit_min, settings.bulkhead)
         .context("--upstream-limit-min, --bulkhead")?;
-    limit_config.initial = settings.upstream_limit_initial.clamp(
-        limit_config.floor,
-        limit_config.ceiling,
-    );
+    limit_config.initial = settings
+        .upstream_limit_initial
+        .clamp(limit_config.floor, limit_config.ceiling);
     let limit = AdaptiveLimit::new(limit_config, registry)?;
     let client = UpstreamClient::new(
         &ClientConfig {

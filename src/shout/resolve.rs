@@ -256,7 +256,10 @@ impl Inner {
         shared_hit: &AtomicBool,
     ) -> Result<Arc<str>, FallbackReason> {
         if let Some(shared) = &self.shared
-            && shared.get(input, |value| value == &*canonical).await.is_some()
+            && shared
+                .get(input, |value| value == &*canonical)
+                .await
+                .is_some()
         {
             shared_hit.store(true, Ordering::Release);
             return Ok(canonical);
