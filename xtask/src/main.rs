@@ -17,6 +17,7 @@ mod chart;
 mod client;
 mod drill;
 mod fake;
+mod fleet;
 mod load;
 mod proc;
 mod prom;
@@ -45,6 +46,8 @@ enum Cmd {
     },
     /// Every dashboard and alert query parses and returns data on a real Prometheus.
     Promcheck(promcheck::Args),
+    /// Three instances share a real redis-server; Redis paused, killed, restarted; the adaptive limit at a knee.
+    Fleet,
 }
 
 /// A missed target (exit 1), as opposed to a broken check (exit 2).
@@ -84,6 +87,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Reference { listen } => bench::reference(&listen).await,
         Cmd::Promcheck(args) => promcheck::run(args).await,
+        Cmd::Fleet => fleet::run().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
