@@ -214,8 +214,11 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_UPSTREAM_LIMIT_MIN", value_parser = positive_usize(), default_value_t = 2)]
     pub upstream_limit_min: usize,
 
-    /// The adaptive limit after its first measurement (clamped to floor and ceiling).
-    #[arg(long, env = "SHOUT_UPSTREAM_LIMIT_INITIAL", value_parser = positive_usize(), default_value_t = 20)]
+    /// The adaptive limit after its first measurement (clamped to floor and ceiling); it grows
+    /// from there within a few round trips. Small, because a fleet starting together adds up:
+    /// three pods at 20 put 60 calls on a shoutcloud whose knee is 8 and timed out into their
+    /// breakers (`cargo xtask fleet`); at 4 none opened.
+    #[arg(long, env = "SHOUT_UPSTREAM_LIMIT_INITIAL", value_parser = positive_usize(), default_value_t = 4)]
     pub upstream_limit_initial: usize,
 
     /// Shared cache (L2) behind the in-process one, e.g. `redis://redis:6379/0`. Unset: none.
