@@ -20,7 +20,7 @@ struct Redis {
 
 impl Redis {
     /// Starts a server; `None` (with a message) when the binary is absent outside CI.
-    fn start(name: &str) -> Option<Self> {
+    async fn start(name: &str) -> Option<Self> {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -50,7 +50,7 @@ impl Redis {
                 Instant::now() < deadline,
                 "redis-server did not answer PING"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Some(redis)
     }
@@ -113,7 +113,7 @@ async fn until_written(app: &TestApp, n: u64) {
 
 #[tokio::test]
 async fn an_input_answered_by_one_instance_is_answered_by_the_others_without_an_upstream_call() {
-    let Some(redis) = Redis::start("share") else {
+    let Some(redis) = Redis::start("share").await else {
         return;
     };
     let apps = fleet(&redis).await;
@@ -143,7 +143,7 @@ async fn an_input_answered_by_one_instance_is_answered_by_the_others_without_an_
 
 #[tokio::test]
 async fn a_value_in_redis_that_is_not_the_canonical_answer_is_refused_and_the_upstream_answers() {
-    let Some(redis) = Redis::start("poison") else {
+    let Some(redis) = Redis::start("poison").await else {
         return;
     };
     let apps = fleet(&redis).await;
@@ -166,7 +166,7 @@ async fn a_value_in_redis_that_is_not_the_canonical_answer_is_refused_and_the_up
 
 #[tokio::test]
 async fn a_dead_redis_costs_no_readiness_and_no_wrong_answer() {
-    let Some(redis) = Redis::start("dead") else {
+    let Some(redis) = Redis::start("dead").await else {
         return;
     };
     let upstream = MockServer::start().await;
