@@ -17,10 +17,10 @@
 //!
 //! `server` (hyper HTTP/1: header read timeout, connection cap) -> `api::observe` (server span,
 //! metrics, exact `application/json`) -> `api::input` (read `data`, or 400/408/413) ->
-//! `shout::resolve`: cache -> single flight -> deadline -> concurrency limit ->
-//! `upstream::client`'s attempt loop (each pass: backoff -> breaker permit -> retry budget ->
-//! timed attempt -> validation -> classification) -> fallback (the canonical local answer)
-//! when anything below the cache gave no answer byte-equal to it.
+//! `shout::resolve`: cache -> single flight -> shared cache (Redis, optional) -> deadline ->
+//! `upstream::client`'s attempt loop (each pass: backoff -> concurrency limit slot -> breaker
+//! permit -> retry budget -> timed attempt -> validation -> classification) -> fallback (the
+//! canonical local answer) when anything below the cache gave no answer byte-equal to it.
 
 #![forbid(unsafe_code)]
 

@@ -4,7 +4,7 @@
 //!   validation, classification).
 //! - [`breaker`]: the circuit breaker, one state machine on tokio's clock.
 //! - [`budget`]: the sliding-window retry budget.
-//! - [`limit`]: the concurrency limit the resolver takes a slot from before calling.
+//! - [`limit`]: the adaptive concurrency limit the attempt loop takes a slot from per attempt.
 //! - [`outcome`]: [`outcome::AttemptOutcome`] and [`outcome::FallbackReason`], the one
 //!   classification of what an attempt means.
 //!
