@@ -11,6 +11,7 @@
 //! - [`shout`]: the domain: the transform, and the resolve pipeline.
 //! - [`upstream`]: the shoutcloud attempt loop and what it calls: breaker, budget, limit.
 //! - [`cache`]: confirmed answers, bounded by bytes and age.
+//! - [`shared_cache`]: confirmed answers shared by a fleet in Redis (L2), with its own breaker.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics; logs and OpenTelemetry traces.
 //!
 //! # How a request flows
