@@ -111,7 +111,6 @@ async fn knee(fake: &Fake, n: usize, tag: &str, secs: u64) -> Result<Vec<(String
 }
 
 pub async fn run() -> Result<()> {
-    shout_proxy::install_tls_provider();
     let redis_args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
     let redis = External::start("fleet-redis", "redis-server", &redis_args, "", None).await?;
     let port = redis.port.to_string();

@@ -82,6 +82,7 @@ pub fn verdict(targets: &[(String, bool, String)]) -> (String, Result<(), Missed
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    shout_proxy::install_tls_provider(); // every reqwest client of the harness needs it
     let result = match Cli::parse().command {
         Cmd::Drill(args) => drill::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
