@@ -6,7 +6,8 @@
 //! - `/readyz`: 200 while it takes traffic, 503 from the moment a stop signal arrives. It never
 //!   depends on shoutcloud: the fallback answers when shoutcloud is down, so a pod is ready.
 //! - `/metrics`: Prometheus text format.
-//! - `/status`: JSON with the breaker state and counters, retry budget, concurrency limit and cache.
+//! - `/status`: JSON with the breaker state and counters, retry budget, concurrency limit, cache
+//!   and shared cache (`null` without `--redis-url`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

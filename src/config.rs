@@ -138,9 +138,9 @@ pub struct Settings {
     #[arg(long, env = "SHOUT_BREAKER_MAX_OPEN_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 60_000)]
     pub breaker_max_open_ms: u64,
 
-    /// Most concurrent upstream calls (the concurrency limit, and its ceiling once adaptive);
-    /// beyond it the fallback answers at once.
-    #[arg(long, env = "SHOUT_BULKHEAD", value_parser = positive_usize(), default_value_t = 128)]
+    /// Ceiling of the adaptive concurrency limit (alias `--upstream-limit-max`): never more
+    /// concurrent upstream calls than this; beyond the limit the fallback answers at once.
+    #[arg(long, alias = "upstream-limit-max", env = "SHOUT_BULKHEAD", value_parser = positive_usize(), default_value_t = 128)]
     pub bulkhead: usize,
 
     /// Byte bound of the answer cache (keys and values weighed).
@@ -208,6 +208,31 @@ pub struct Settings {
         default_value_t = false
     )]
     pub upstream_trace_propagation: bool,
+
+    /// Floor of the adaptive concurrency limit; shoutcloud's unloaded latency is measured at it.
+    /// Small, because every pod of a fleet keeps this many calls in flight.
+    #[arg(long, env = "SHOUT_UPSTREAM_LIMIT_MIN", value_parser = positive_usize(), default_value_t = 2)]
+    pub upstream_limit_min: usize,
+
+    /// The adaptive limit after its first measurement (clamped to floor and ceiling); it grows
+    /// from there within a few round trips. Small, because a fleet starting together adds up:
+    /// three pods at 20 put 60 calls on a shoutcloud whose knee is 8 and timed out into their
+    /// breakers (`cargo xtask fleet`); at 4 none opened.
+    #[arg(long, env = "SHOUT_UPSTREAM_LIMIT_INITIAL", value_parser = positive_usize(), default_value_t = 4)]
+    pub upstream_limit_initial: usize,
+
+    /// Shared cache (L2) behind the in-process one, e.g. `redis://redis:6379/0`. Unset: none.
+    /// Redis may be down at start: the pod connects lazily and is ready without it.
+    #[arg(long, env = "SHOUT_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Longest wait for a Redis `GET`; a slower answer is a miss (and counts towards its breaker).
+    #[arg(long, env = "SHOUT_REDIS_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 20)]
+    pub redis_timeout_ms: u64,
+
+    /// Time to live of an answer written to Redis, in seconds (jittered by 10% either way).
+    #[arg(long, env = "SHOUT_REDIS_TTL_SECS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 3600)]
+    pub redis_ttl_secs: u64,
 }
 
 /// A parser for counts that must be at least 1.
@@ -305,6 +330,12 @@ impl Settings {
         if self.bulkhead == 0 {
             return Err(invalid("bulkhead", "must be above 0"));
         }
+        if self.upstream_limit_min == 0 || self.upstream_limit_min > self.bulkhead {
+            return Err(invalid(
+                "upstream-limit-min",
+                "must be above 0 and at most --bulkhead (the limit's ceiling)",
+            ));
+        }
         if self.max_connections == 0 {
             return Err(invalid("max-connections", "must be above 0"));
         }
@@ -394,6 +425,8 @@ mod tests {
             "--max-body-bytes",
             "--bulkhead",
             "--breaker-consecutive-failures",
+            "--upstream-limit-min",
+            "--redis-timeout-ms",
         ] {
             let err = Cli::try_parse_from(["shout-proxy", flag, "0"])
                 .expect_err(flag)

@@ -11,16 +11,17 @@
 //! - [`shout`]: the domain: the transform, and the resolve pipeline.
 //! - [`upstream`]: the shoutcloud attempt loop and what it calls: breaker, budget, limit.
 //! - [`cache`]: confirmed answers, bounded by bytes and age.
+//! - [`shared_cache`]: confirmed answers shared by a fleet in Redis (L2), with its own breaker.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics; logs and OpenTelemetry traces.
 //!
 //! # How a request flows
 //!
 //! `server` (hyper HTTP/1: header read timeout, connection cap) -> `api::observe` (server span,
 //! metrics, exact `application/json`) -> `api::input` (read `data`, or 400/408/413) ->
-//! `shout::resolve`: cache -> single flight -> deadline -> concurrency limit ->
-//! `upstream::client`'s attempt loop (each pass: backoff -> breaker permit -> retry budget ->
-//! timed attempt -> validation -> classification) -> fallback (the canonical local answer)
-//! when anything below the cache gave no answer byte-equal to it.
+//! `shout::resolve`: cache -> single flight -> shared cache (Redis, optional) -> deadline ->
+//! `upstream::client`'s attempt loop (each pass: backoff -> concurrency limit slot -> breaker
+//! permit -> retry budget -> timed attempt -> validation -> classification) -> fallback (the
+//! canonical local answer) when anything below the cache gave no answer byte-equal to it.
 
 #![forbid(unsafe_code)]
 

@@ -24,11 +24,12 @@ use crate::cache::AnswerCache;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::server::{ConnectionMetricFamilies, ListenerConfig, ListenerName};
+use crate::shared_cache::{SharedCache, SharedCacheConfig};
 use crate::shout::Resolver;
 use crate::upstream::breaker::{Breaker, BreakerConfig};
 use crate::upstream::budget::RetryBudget;
 use crate::upstream::client::{ClientConfig, UpstreamClient};
-use crate::upstream::limit::ConcurrencyLimit;
+use crate::upstream::limit::{AdaptiveLimit, LimitConfig};
 
 /// Connections the admin port accepts at once: probes and scrapes need a handful.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -83,6 +84,12 @@ pub fn build_resolver(settings: &Settings, metrics: &Metrics) -> anyhow::Result<
         .map(std::fs::read)
         .transpose()
         .context("--upstream-ca-file")?;
+    let mut limit_config = LimitConfig::new(settings.upstream_limit_min, settings.bulkhead)
+        .context("--upstream-limit-min, --bulkhead")?;
+    limit_config.initial = settings
+        .upstream_limit_initial
+        .clamp(limit_config.floor, limit_config.ceiling);
+    let limit = AdaptiveLimit::new(limit_config, registry)?;
     let client = UpstreamClient::new(
         &ClientConfig {
             url: settings.upstream_url.parse().context("--upstream-url")?,
@@ -96,6 +103,7 @@ pub fn build_resolver(settings: &Settings, metrics: &Metrics) -> anyhow::Result<
         },
         breaker,
         budget,
+        limit,
         registry,
     )
     .context("building the upstream client")?;
@@ -104,10 +112,21 @@ pub fn build_resolver(settings: &Settings, metrics: &Metrics) -> anyhow::Result<
         Duration::from_secs(settings.cache_ttl_secs),
         registry,
     )?;
-    let limit = ConcurrencyLimit::new(settings.bulkhead, registry)?;
+    let shared = settings
+        .redis_url
+        .as_ref()
+        .map(|url| {
+            let config = SharedCacheConfig {
+                get_timeout: Duration::from_millis(settings.redis_timeout_ms),
+                ttl: Duration::from_secs(settings.redis_ttl_secs),
+                ..SharedCacheConfig::new(url.as_str())
+            };
+            SharedCache::new(config, registry).context("--redis-url")
+        })
+        .transpose()?;
     Ok(Resolver::new(
         cache,
-        limit,
+        shared,
         client,
         settings.deadline(),
         registry,

@@ -1,20 +1,25 @@
 //! The resolve pipeline: who answers a request's string, and why. One request reads top to
 //! bottom down one chain of calls:
 //!
-//! 1. **Cache** ([`Resolver::resolve`]). A hit answers without touching anything else. Only
-//!    answers shoutcloud confirmed are in it.
+//! 1. **Cache** ([`Resolver::resolve`]), in process (L1). A hit answers without touching
+//!    anything else, Redis included. Only answers shoutcloud confirmed are in it.
 //! 2. **Single flight.** A miss goes through moka's `try_get_with`, so N concurrent misses for one
-//!    input make one upstream call. The load runs in a spawned task: a client that hangs up
+//!    input make one load. The load runs in a spawned task: a client that hangs up
 //!    cannot cancel it (moka would restart a cancelled load in a waiter, and panics after
 //!    repeated aborts, its issue #240), and its answer still fills the cache.
-//! 3. **Deadline** (`Inner::load`). Its clock starts when the load starts; the attempt loop
-//!    bounds every wait by the time left, so the whole load ends by it.
-//! 4. **Concurrency limit.** At most N upstream calls at once; when full, the fallback answers
-//!    at once (queueing would turn an upstream slowdown into our own).
-//! 5. **Attempt loop** (`UpstreamClient::call`): each pass takes a breaker permit (the only
-//!    breaker check), pays the retry budget for a retry, runs one timed attempt, validates and
-//!    classifies it.
-//! 6. **Fallback** with its reason: the canonical answer, our own transform.
+//! 3. **Shared cache** (`Inner::load`, only with `--redis-url`): one Redis `GET`, bounded by its
+//!    own timeout and skipped while its breaker is open. A value counts only when it is the
+//!    canonical answer; a hit fills L1 (it is the load's result) and is sent as `cache`. It is
+//!    read inside the single flight, not before it, so a burst of misses for one input costs
+//!    Redis one `GET`, not one per request.
+//! 4. **Deadline**. Its clock starts after the shared cache; the attempt loop bounds every wait
+//!    by the time left, so the upstream part of the load ends by it.
+//! 5. **Attempt loop** (`UpstreamClient::call`): each pass takes a slot of the adaptive
+//!    concurrency limit (none free: the fallback answers at once, as queueing would turn an
+//!    upstream slowdown into our own), a breaker permit (the only breaker check), pays the retry
+//!    budget for a retry, runs one timed attempt, validates and classifies it.
+//! 6. **Write-back**: a confirmed answer goes to Redis in the background (jittered TTL).
+//! 7. **Fallback** with its reason: the canonical answer, our own transform.
 //!
 //! # One answer per input
 //!
@@ -24,6 +29,7 @@
 //! Kelvin sign for `K`, `ẞ` for `SS`) reaches a client or the cache.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
@@ -32,11 +38,12 @@ use tracing::Instrument;
 
 use crate::cache::{AnswerCache, CacheSnapshot};
 use crate::metrics::ByLabel;
+use crate::shared_cache::{SharedCache, SharedCacheSnapshot};
 use crate::shout::transform::{reverse_graphemes, shout_locally};
 use crate::upstream::breaker::BreakerSnapshot;
 use crate::upstream::budget::BudgetSnapshot;
 use crate::upstream::client::UpstreamClient;
-use crate::upstream::limit::{ConcurrencyLimit, LimitSnapshot};
+use crate::upstream::limit::LimitSnapshot;
 use crate::upstream::outcome::FallbackReason;
 
 /// Which path produced an answer; sent to clients as `X-Shout-Source`.
@@ -78,6 +85,8 @@ pub(crate) struct PipelineSnapshot {
     pub(crate) concurrency_limit: LimitSnapshot,
     /// Cache size.
     pub(crate) cache: CacheSnapshot,
+    /// The shared cache's breaker and counts; `null` without `--redis-url`.
+    pub(crate) shared_cache: Option<SharedCacheSnapshot>,
 }
 
 /// The resolver's metric families.
@@ -122,8 +131,8 @@ impl ResolveMetrics {
 struct Inner {
     /// Confirmed answers.
     cache: AnswerCache,
-    /// Slots for concurrent upstream calls.
-    limit: ConcurrencyLimit,
+    /// Confirmed answers shared by the fleet (L2); `None` without `--redis-url`.
+    shared: Option<SharedCache>,
     /// The attempt loop, with the breaker and budget it calls.
     client: UpstreamClient,
     /// The overall deadline of a load.
@@ -142,7 +151,7 @@ impl Resolver {
     /// Assembles the pipeline; registers the resolver's metrics on `registry`.
     pub(crate) fn new(
         cache: AnswerCache,
-        limit: ConcurrencyLimit,
+        shared: Option<SharedCache>,
         client: UpstreamClient,
         deadline: Duration,
         registry: &Registry,
@@ -150,7 +159,7 @@ impl Resolver {
         Ok(Self {
             inner: Arc::new(Inner {
                 cache,
-                limit,
+                shared,
                 client,
                 deadline,
                 metrics: ResolveMetrics::register(registry, deadline)?,
@@ -176,17 +185,27 @@ impl Resolver {
         let inner = self.inner.clone();
         let key: Arc<str> = Arc::from(input);
         let expected = canonical.clone();
+        // Set by this request's own load when Redis answered it: a shared hit is a `cache`
+        // answer. Waiters on another request's load read it as `upstream`, as before.
+        let shared_hit = Arc::new(AtomicBool::new(false));
+        let hit_flag = shared_hit.clone();
         let load = tokio::spawn(
             async move {
                 let loader = inner.clone();
+                let input = key.clone();
                 inner
                     .cache
-                    .get_or_load(key, async move { loader.load(reversed, expected).await })
+                    .get_or_load(key, async move {
+                        loader.load(&input, reversed, expected, &hit_flag).await
+                    })
                     .await
             }
             .in_current_span(),
         );
         let reason = match load.await {
+            Ok(Ok(text)) if shared_hit.load(Ordering::Acquire) => {
+                return self.answer(text, Source::Cache);
+            }
             Ok(Ok(text)) => return self.answer(text, Source::Upstream),
             Ok(Err(reason)) => *reason,
             Err(join) => {
@@ -205,14 +224,15 @@ impl Resolver {
         Resolution { text, source }
     }
 
-    /// The live state of breaker, budget, concurrency limit and cache.
+    /// The live state of breaker, budget, concurrency limit and both caches.
     pub(crate) async fn snapshot(&self) -> PipelineSnapshot {
         let inner = &self.inner;
         PipelineSnapshot {
             breaker: inner.client.breaker().snapshot(),
             retry_budget: inner.client.budget().snapshot(),
-            concurrency_limit: inner.limit.snapshot(),
+            concurrency_limit: inner.client.limit().snapshot(),
             cache: inner.cache.snapshot().await,
+            shared_cache: inner.shared.as_ref().map(SharedCache::snapshot),
         }
     }
 
@@ -220,28 +240,39 @@ impl Resolver {
     /// the breaker state follows the clock even with no traffic.
     pub(crate) async fn refresh_gauges(&self) {
         self.inner.client.breaker().refresh();
-        self.inner.limit.refresh();
         self.inner.cache.refresh().await;
     }
 }
 
 impl Inner {
-    /// One bounded attempt at a confirmed answer: deadline, concurrency limit, attempt loop.
-    /// `Ok` carries the canonical answer, which the upstream confirmed byte for byte.
+    /// One bounded attempt at a confirmed answer: shared cache, then deadline and attempt loop,
+    /// then the write-back. `Ok` carries the canonical answer, which Redis held or the upstream
+    /// confirmed byte for byte; `shared_hit` says which.
     async fn load(
         &self,
+        input: &str,
         reversed: String,
         canonical: Arc<str>,
+        shared_hit: &AtomicBool,
     ) -> Result<Arc<str>, FallbackReason> {
+        if let Some(shared) = &self.shared
+            && shared
+                .get(input, |value| value == &*canonical)
+                .await
+                .is_some()
+        {
+            shared_hit.store(true, Ordering::Release);
+            return Ok(canonical);
+        }
         let now = Instant::now();
         // A deadline too far for the clock is no deadline at all: a year stands in for it.
         let deadline = now
             .checked_add(self.deadline)
             .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
-        let Some(_slot) = self.limit.try_acquire() else {
-            return Err(FallbackReason::ConcurrencyLimit);
-        };
         self.client.call(&reversed, &canonical, deadline).await?;
+        if let Some(shared) = &self.shared {
+            shared.put(input, &canonical);
+        }
         Ok(canonical)
     }
 }

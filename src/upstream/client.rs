@@ -7,11 +7,14 @@
 //!    the wait at least that long; a wait that would not end before the deadline ends the call
 //!    at once (reason `deadline`). Every comparison is against the time left, so no header value
 //!    can overflow the clock.
-//! 2. **Breaker permit**: the only breaker check on the request path ([`Breaker::try_acquire`]).
-//! 3. **Retry budget**: a first attempt deposits, a retry must withdraw.
-//! 4. **Timed attempt**: `min(attempt timeout, time left)`; the body is read whole, bounded.
-//! 5. **Validation**: `OUTPUT` is used only when byte-equal to our own answer.
-//! 6. **Classification** ([`AttemptOutcome`]): what is retried, what the breaker hears.
+//! 2. **Concurrency permit** ([`AdaptiveLimit::try_acquire`]), taken per attempt so a backoff
+//!    sleep holds no slot; none free ends the call at once (reason `concurrency_limit`). The
+//!    attempt's latency, or that it timed out or was told 429/503, is what the limit learns from.
+//! 3. **Breaker permit**: the only breaker check on the request path ([`Breaker::try_acquire`]).
+//! 4. **Retry budget**: a first attempt deposits, a retry must withdraw.
+//! 5. **Timed attempt**: `min(attempt timeout, time left)`; the body is read whole, bounded.
+//! 6. **Validation**: `OUTPUT` is used only when byte-equal to our own answer.
+//! 7. **Classification** ([`AttemptOutcome`]): what is retried, what the breaker hears.
 //!
 //! The deadline is the loop's: every wait in it is bounded by the time left, so the call ends
 //! by the deadline without an outer timer. A disagreement on one input is not a breaker failure;
@@ -41,6 +44,7 @@ use tracing::Instrument;
 use crate::metrics::{ByLabel, DURATION_BUCKETS};
 use crate::upstream::breaker::{Breaker, Verdict};
 use crate::upstream::budget::RetryBudget;
+use crate::upstream::limit::{AdaptiveLimit, Permit};
 use crate::upstream::outcome::{AttemptOutcome, FallbackReason};
 
 /// Largest upstream answer read; a longer one is malformed. Inputs are bounded by the public
@@ -194,6 +198,8 @@ pub(crate) struct UpstreamClient {
     breaker: Breaker,
     /// The retry budget.
     budget: RetryBudget,
+    /// The adaptive concurrency limit, one slot per attempt in flight.
+    limit: AdaptiveLimit,
     /// The recent disagreement ratio.
     disagreements: Disagreements,
     /// Send our client span's `traceparent`.
@@ -220,6 +226,8 @@ struct Attempt {
     gross: bool,
     /// `Retry-After` of a 429/503.
     retry_after: Option<Duration>,
+    /// The answer was a 429 or 503: shoutcloud says it is overloaded.
+    overloaded: bool,
 }
 
 impl UpstreamClient {
@@ -228,6 +236,7 @@ impl UpstreamClient {
         config: &ClientConfig,
         breaker: Breaker,
         budget: RetryBudget,
+        limit: AdaptiveLimit,
         registry: &Registry,
     ) -> Result<Self, BuildError> {
         crate::install_tls_provider();
@@ -256,6 +265,7 @@ impl UpstreamClient {
             retry_max: config.retry_max,
             breaker,
             budget,
+            limit,
             disagreements: Disagreements::new(),
             trace_propagation: config.trace_propagation,
             metrics: UpstreamMetrics::register(registry)?,
@@ -270,6 +280,11 @@ impl UpstreamClient {
     /// The budget, for `/status`.
     pub(crate) fn budget(&self) -> &RetryBudget {
         &self.budget
+    }
+
+    /// The concurrency limit, for `/status`.
+    pub(crate) fn limit(&self) -> &AdaptiveLimit {
+        &self.limit
     }
 
     /// Asks shoutcloud to capitalize `reversed` until `deadline`; `Ok` only when it answered
@@ -299,6 +314,11 @@ impl UpstreamClient {
                 }
                 tokio::time::sleep(wait).await;
             }
+            let slot = self
+                .limit
+                .try_acquire()
+                .ok_or(FallbackReason::ConcurrencyLimit)?;
+            // A refusal below drops `slot` unused, which tells the limit nothing.
             let permit = self
                 .breaker
                 .try_acquire()
@@ -331,6 +351,7 @@ impl UpstreamClient {
             };
             // Boxed: reqwest's future is kilobytes, and inlined it would be copied with every
             // load future, including the many that the breaker refuses before any attempt.
+            let sent = Instant::now();
             let result = Box::pin(self.attempt(
                 body,
                 reversed,
@@ -340,6 +361,7 @@ impl UpstreamClient {
             ))
             .await;
             let outcome = result.outcome;
+            teach_limit(slot, outcome, result.overloaded, sent.elapsed());
             let verdict = match outcome {
                 AttemptOutcome::Disagreement | AttemptOutcome::Success => {
                     let gross = outcome == AttemptOutcome::Disagreement && result.gross;
@@ -404,11 +426,16 @@ impl UpstreamClient {
         let answer = tokio::time::timeout(timeout, exchange(request))
             .instrument(span.clone())
             .await;
+        let mut overloaded = false;
         let (outcome, gross, retry_after) = match answer {
             Err(_) => (AttemptOutcome::Timeout, false, None),
             Ok(Err(outcome)) => (outcome, false, None),
             Ok(Ok((status, retry_after, body))) => {
                 span.record("http.response.status_code", status.as_u16());
+                overloaded = matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                );
                 let (outcome, gross) = classify(status, &body, reversed, expected);
                 (outcome, gross, retry_after)
             }
@@ -430,7 +457,19 @@ impl UpstreamClient {
             outcome,
             gross,
             retry_after,
+            overloaded,
         }
+    }
+}
+
+/// What one attempt tells the concurrency limit: an answer's latency (a fast 4xx or 5xx is
+/// one), a timeout or a 429/503 is load to back off from, a transport failure says nothing.
+fn teach_limit(slot: Permit, outcome: AttemptOutcome, overloaded: bool, latency: Duration) {
+    match outcome {
+        AttemptOutcome::Timeout => slot.dropped(),
+        AttemptOutcome::ServerError if overloaded => slot.dropped(),
+        AttemptOutcome::Transport => slot.ignore(),
+        _ => slot.success(latency),
     }
 }
 

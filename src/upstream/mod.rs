@@ -4,13 +4,12 @@
 //!   validation, classification).
 //! - [`breaker`]: the circuit breaker, one state machine on tokio's clock.
 //! - [`budget`]: the sliding-window retry budget.
-//! - [`limit`]: the concurrency limit the resolver takes a slot from before calling.
+//! - [`limit`]: the adaptive concurrency limit the attempt loop takes a slot from per attempt.
 //! - [`outcome`]: [`outcome::AttemptOutcome`] and [`outcome::FallbackReason`], the one
 //!   classification of what an attempt means.
 //!
 //! Nothing here knows the domain: the resolver hands the loop the expected answer.
 
-pub(crate) mod adaptive_limit;
 pub(crate) mod breaker;
 pub(crate) mod budget;
 pub(crate) mod client;

@@ -96,7 +96,11 @@ async fn metrics_cover_every_part_of_the_pipeline_after_mixed_traffic() {
 
 #[tokio::test]
 async fn status_reports_breaker_budget_concurrency_limit_and_cache() {
-    let app = spawn_app_with(|s| s.bulkhead = 7).await;
+    let app = spawn_app_with(|s| {
+        s.bulkhead = 7;
+        s.upstream_limit_min = 7;
+    })
+    .await;
 
     let status = app.status().await;
 

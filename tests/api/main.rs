@@ -7,6 +7,7 @@ mod admin;
 mod contract;
 mod docs;
 mod faults;
+mod fleet;
 mod helpers;
 mod propagation;
 mod properties;

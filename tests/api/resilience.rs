@@ -181,6 +181,7 @@ async fn the_cache_respects_its_byte_bound() {
 async fn a_full_concurrency_limit_answers_from_the_fallback_at_once() {
     let app = spawn_app_with(|s| {
         s.bulkhead = 1;
+        s.upstream_limit_min = 1;
         s.deadline_ms = 2000;
         s.upstream_timeout_ms = 2000;
     })

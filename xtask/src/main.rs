@@ -18,6 +18,7 @@ mod chart;
 mod client;
 mod drill;
 mod fake;
+mod fleet;
 mod hostile;
 mod load;
 mod proc;
@@ -61,6 +62,8 @@ enum Cmd {
     },
     /// The alert rules end to end: real Prometheus and Alertmanager, a failing then healed upstream.
     Alerts,
+    /// Three instances share a real redis-server; Redis paused, killed, restarted; the adaptive limit at a knee.
+    Fleet,
 }
 
 /// A missed target (exit 1), as opposed to a broken check (exit 2).
@@ -132,6 +135,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Promcheck(args) => promcheck::run(args).await,
         Cmd::With { no_fake, command } => with(no_fake, &command).await,
         Cmd::Alerts => alerts::run().await,
+        Cmd::Fleet => fleet::run().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
