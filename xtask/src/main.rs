@@ -12,6 +12,7 @@
 //!
 //! Each command exits 0 when every target is met, 1 when one is missed, 2 when it broke.
 
+mod autoscale;
 mod bench;
 mod chart;
 mod client;
@@ -45,6 +46,8 @@ enum Cmd {
     },
     /// Every dashboard and alert query parses and returns data on a real Prometheus.
     Promcheck(promcheck::Args),
+    /// The HPA simulated on real replicas and a real Prometheus (docs/autoscaling.md).
+    Autoscale(autoscale::Args),
 }
 
 /// A missed target (exit 1), as opposed to a broken check (exit 2).
@@ -84,6 +87,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Reference { listen } => bench::reference(&listen).await,
         Cmd::Promcheck(args) => promcheck::run(args).await,
+        Cmd::Autoscale(args) => autoscale::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
