@@ -102,7 +102,8 @@ fn proposal(current: usize, values: &[Option<f64>], target: f64) -> usize {
     let mut ratio = known.iter().sum::<f64>() / (known.len() as f64 * target);
     if known.len() < values.len() {
         let fill = if ratio > 1.0 { 0.0 } else { target };
-        ratio = (known.iter().sum::<f64>() + fill * (values.len() - known.len()) as f64) / (values.len() as f64 * target);
+        ratio =
+            (known.iter().sum::<f64>() + fill * (values.len() - known.len()) as f64) / (values.len() as f64 * target);
     }
     if (ratio - 1.0).abs() <= 0.1 { current } else { (ratio * values.len() as f64).ceil() as usize }
 }
@@ -144,7 +145,12 @@ fn compress(query: &str, f: f64) -> String {
     let (mut out, mut rest) = (String::new(), query);
     while let (Some(a), Some(b)) = (rest.find('['), rest.find(']')) {
         let (d, unit) = rest[a + 1..b].split_at(rest[a + 1..b].len().saturating_sub(1));
-        let unit = match unit { "s" => 1.0, "m" => 60.0, "h" => 3600.0, _ => f64::NAN };
+        let unit = match unit {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => f64::NAN,
+        };
         out += &format!("{}[{}ms]", &rest[..a], (d.parse::<f64>().unwrap_or(f64::NAN) * unit * 1000.0 / f).round());
         rest = &rest[b + 1..];
     }
@@ -194,8 +200,11 @@ const END: f64 = 150.0;
 pub async fn run(a: Args) -> Result<()> {
     shout_proxy::install_tls_provider();
     let yaml = |p: &str| -> Result<Value> { Ok(serde_yaml::from_str(&std::fs::read_to_string(root().join(p))?)?) };
-    let (spec, dep, adapter) =
-        (yaml("k8s/base/hpa.yaml")?["spec"].clone(), yaml("k8s/base/deployment.yaml")?, yaml("k8s/prometheus-adapter/values.yaml")?);
+    let (spec, dep, adapter) = (
+        yaml("k8s/base/hpa.yaml")?["spec"].clone(),
+        yaml("k8s/base/deployment.yaml")?,
+        yaml("k8s/prometheus-adapter/values.yaml")?,
+    );
     let resources = &dep["spec"]["template"]["spec"]["containers"][0]["resources"];
     let scale = a.pod_cpu / num(&resources["limits"]["cpu"]);
     let request = num(&resources["requests"]["cpu"]) * scale;
@@ -204,10 +213,15 @@ pub async fn run(a: Args) -> Result<()> {
     let (pods_metric, cpu_metric) = (&find("Pods")?["pods"], &find("Resource")?["resource"]);
     let (rate_target, cpu_target) =
         (num(&pods_metric["target"]["averageValue"]) * scale, num(&cpu_metric["target"]["averageUtilization"]) / 100.0);
-    let rule = adapter["rules"]["custom"].as_sequence().into_iter().flatten().find(|r| r["name"]["as"] == pods_metric["metric"]["name"]);
+    let rule = adapter["rules"]["custom"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"]["as"] == pods_metric["metric"]["name"]);
     let rule = rule.context("no adapter rule serves the HPA's Pods metric")?;
     let series = rule["name"]["matches"].as_str().unwrap_or_default().trim_matches(|c| c == '^' || c == '$');
-    let template = rule["metricsQuery"].as_str().unwrap_or_default().replace("<<.Series>>", series).replace("<<.GroupBy>>", "pod");
+    let template =
+        rule["metricsQuery"].as_str().unwrap_or_default().replace("<<.Series>>", series).replace("<<.GroupBy>>", "pod");
     let (f, behavior) = (a.compress, &spec["behavior"]);
     let mut hpa = Hpa {
         min: num(&spec["minReplicas"]) as usize,
@@ -217,7 +231,11 @@ pub async fn run(a: Args) -> Result<()> {
         recommendations: vec![],
         events: vec![],
     };
-    eprintln!("[autoscale] per replica: {} cores, request {request:.3}, targets {rate_target:.0} req/s and {:.0} % CPU; time / {f}", a.pod_cpu, cpu_target * 100.0);
+    eprintln!(
+        "[autoscale] per replica: {} cores, request {request:.3}, targets {rate_target:.0} req/s and {:.0} % CPU; time / {f}",
+        a.pod_cpu,
+        cpu_target * 100.0
+    );
 
     // Slow from the start: the phase is shoutcloud being slow, not the second it became so
     // (that transient lasts until the breakers open, about a second of real time, which a
@@ -226,11 +244,17 @@ pub async fn run(a: Args) -> Result<()> {
     let prom_dir = out_dir("autoscale-prometheus")?;
     std::fs::write(prom_dir.join("targets.json"), "[]")?;
     let config = "global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n  - job_name: shout-proxy\n    file_sd_configs: [{files: ['@DIR@/targets.json'], refresh_interval: 1s}]\n";
-    let args = ["--config.file=@DIR@/config", "--storage.tsdb.path=@DIR@/data", "--web.listen-address=127.0.0.1:@PORT@", "--log.level=warn"];
+    let args = [
+        "--config.file=@DIR@/config",
+        "--storage.tsdb.path=@DIR@/data",
+        "--web.listen-address=127.0.0.1:@PORT@",
+        "--log.level=warn",
+    ];
     let prometheus = External::start("autoscale-prometheus", "prometheus", &args, config, Some("/-/ready")).await?;
     let (prom, http) = (format!("http://127.0.0.1:{}/api/v1/query", prometheus.port), reqwest::Client::new());
 
-    let (rotation, outcomes) = (Arc::new(Mutex::new(Vec::<Shouter>::new())), Arc::new(Mutex::new(Vec::<Outcome>::new())));
+    let (rotation, outcomes) =
+        (Arc::new(Mutex::new(Vec::<Shouter>::new())), Arc::new(Mutex::new(Vec::<Outcome>::new())));
     let offered = Arc::new(Mutex::new((0.0, false)));
     let (r, o, p) = (rotation.clone(), outcomes.clone(), offered.clone());
     let load = tokio::spawn(async move {
@@ -260,7 +284,8 @@ pub async fn run(a: Args) -> Result<()> {
     loop {
         while pods.len() < want {
             let name = format!("pod-{n}");
-            let proxy = Proxy::start(&format!("autoscale-{name}"), &fake.shout_url(), &["--log-format", "json"]).await?;
+            let proxy =
+                Proxy::start(&format!("autoscale-{name}"), &fake.shout_url(), &["--log-format", "json"]).await?;
             let shouter = Shouter::new(&proxy.url)?;
             // Warmed before its quota: start-up work (and, while shoutcloud is slow, the first
             // timeouts that open its breaker) would take 1 / --pod-cpu times longer than in a
@@ -303,8 +328,13 @@ pub async fn run(a: Args) -> Result<()> {
             bail!("Prometheus rejects {q}: {}", body["error"]);
         }
         let result = body["data"]["result"].as_array().cloned().unwrap_or_default();
-        let per_pod = |p: &String| result.iter().find(|s| s["metric"]["pod"] == p.as_str()).and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok());
-        let mut values = vec![names.iter().map(per_pod).collect::<Vec<_>>(), vec![]];
+        let per_pod = |p: &String| {
+            result
+                .iter()
+                .find(|s| s["metric"]["pod"] == p.as_str())
+                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+        };
+        let mut values = [names.iter().map(per_pod).collect::<Vec<_>>(), vec![]];
         for pod in &mut pods {
             // Over 4 sync periods: /proc counts 10-ms ticks, 27 % of the request in one period.
             let now = pod.proxy.proc.cpu_seconds();
@@ -315,7 +345,13 @@ pub async fn run(a: Args) -> Result<()> {
         want = hpa.step(t, pods.len(), desired);
         let errors = done.iter().filter(|o| !o.correct).count();
         let fallbacks = done.iter().filter(|o| o.source == "fallback").count();
-        eprintln!("[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {} p99 {p99:6.1} ms replicas {} -> {want} (rate {:?}, cpu {:?})", done.len(), pods.len(), values[0], values[1]);
+        eprintln!(
+            "[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {} p99 {p99:6.1} ms replicas {} -> {want} (rate {:?}, cpu {:?})",
+            done.len(),
+            pods.len(),
+            values[0],
+            values[1]
+        );
         rows.push((t, rate, pods.len(), p99, slow, errors, fallbacks, done.len()));
     }
     load.abort();
@@ -340,23 +376,47 @@ fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
     let errors: usize = rows.iter().map(|r| r.5).sum();
     let last = rows.last().map_or(0, |r| r.2);
     let targets = [
-        (format!("shoutcloud at 300 ms, {} req/s: replicas stay at minReplicas {min}", a.slow), max_slow == min, format!("max {max_slow}, {fallbacks} of {answers} answers were fallbacks")),
-        (format!("CPU-bound ramp: a pod is added before p99 exceeds {} ms", a.p99_ms), first_up.is_some_and(|u| first_bad.is_none_or(|b| u < b)), format!("first scale-out at {first_up:?} s, first degraded p99 at {first_bad:?} s")),
-        (format!("plateau {} req/s: p99 under {} ms", a.peak, a.p99_ms), plateau < a.p99_ms, format!("worst p99 {plateau:.1} ms")),
+        (
+            format!("shoutcloud at 300 ms, {} req/s: replicas stay at minReplicas {min}", a.slow),
+            max_slow == min,
+            format!("max {max_slow}, {fallbacks} of {answers} answers were fallbacks"),
+        ),
+        (
+            format!("CPU-bound ramp: a pod is added before p99 exceeds {} ms", a.p99_ms),
+            first_up.is_some_and(|u| first_bad.is_none_or(|b| u < b)),
+            format!("first scale-out at {first_up:?} s, first degraded p99 at {first_bad:?} s"),
+        ),
+        (
+            format!("plateau {} req/s: p99 under {} ms", a.peak, a.p99_ms),
+            plateau < a.p99_ms,
+            format!("worst p99 {plateau:.1} ms"),
+        ),
         (format!("load ended: back to minReplicas {min}"), last == min, format!("{last} replicas at the end")),
         ("every answer correct".into(), errors == 0, format!("{errors} wrong or failed")),
     ];
     let (table, missed) = crate::verdict(&targets);
-    let out = format!("`cargo xtask autoscale`: time / {}, one replica = {} CPU, {} cores, load average {}.\n\n{table}", a.compress, a.pod_cpu, std::thread::available_parallelism().map_or(0, |n| n.get()), std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    let out = format!(
+        "`cargo xtask autoscale`: time / {}, one replica = {} CPU, {} cores, load average {}.\n\n{table}",
+        a.compress,
+        a.pod_cpu,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
     println!("{out}");
     let svg = out_dir("autoscale")?.join("autoscaling.svg");
     let series = |f: fn(&Row) -> f64| rows.iter().map(|r| (r.0, f(r))).collect::<Vec<_>>();
-    let panels = [("offered req/s", series(|r| r.1)), ("replicas", series(|r| r.2 as f64)), ("p99 ms", series(|r| if r.3.is_nan() { 0.0 } else { r.3 }))];
+    let panels = [
+        ("offered req/s", series(|r| r.1)),
+        ("replicas", series(|r| r.2 as f64)),
+        ("p99 ms", series(|r| if r.3.is_nan() { 0.0 } else { r.3 })),
+    ];
     crate::chart::lines(&svg, &format!("cargo xtask autoscale (time / {})", a.compress), "seconds", &panels)?;
     if a.update_docs {
         let path = root().join("docs/autoscaling.md");
         let doc = std::fs::read_to_string(&path)?;
-        let (Some(s), Some(e)) = (doc.find("<!-- autoscale:start -->\n"), doc.find("<!-- autoscale:end -->")) else { bail!("docs/autoscaling.md lacks its markers") };
+        let (Some(s), Some(e)) = (doc.find("<!-- autoscale:start -->\n"), doc.find("<!-- autoscale:end -->")) else {
+            bail!("docs/autoscaling.md lacks its markers")
+        };
         std::fs::write(&path, format!("{}{out}{}", &doc[..s + 25], &doc[e..]))?;
         std::fs::copy(&svg, root().join("docs/autoscaling.svg"))?;
     }
