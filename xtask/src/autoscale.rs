@@ -375,6 +375,7 @@ fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
     let plateau = rows.iter().filter(|r| r.1 >= a.peak).map(|r| r.3).fold(0.0, f64::max);
     let errors: usize = rows.iter().map(|r| r.5).sum();
     let last = rows.last().map_or(0, |r| r.2);
+    let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t:.1} s"));
     let targets = [
         (
             format!("shoutcloud at 300 ms, {} req/s: replicas stay at minReplicas {min}", a.slow),
@@ -384,7 +385,7 @@ fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
         (
             format!("CPU-bound ramp: a pod is added before p99 exceeds {} ms", a.p99_ms),
             first_up.is_some_and(|u| first_bad.is_none_or(|b| u < b)),
-            format!("first scale-out at {first_up:?} s, first degraded p99 at {first_bad:?} s"),
+            format!("first scale-out at {}, first p99 over it at {}", at(first_up), at(first_bad)),
         ),
         (
             format!("plateau {} req/s: p99 under {} ms", a.peak, a.p99_ms),
