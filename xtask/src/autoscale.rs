@@ -176,6 +176,16 @@ fn cgroup(name: &str, cores: f64, pid: u32) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Removes a stopped replica's cgroup once its process is gone (a killed process leaves it late).
+async fn remove_cgroup(dir: &Path) {
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 struct Pod {
     name: String,
     proxy: Proxy,
@@ -304,8 +314,7 @@ pub async fn run(a: Args) -> Result<()> {
         std::fs::rename(prom_dir.join("targets.tmp"), prom_dir.join("targets.json"))?;
         for (_, old) in retiring.extract_if(.., |(at, _)| at.elapsed() > Duration::from_secs(2)) {
             drop(old.proxy);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let _ = std::fs::remove_dir(&old.cgroup);
+            remove_cgroup(&old.cgroup).await;
         }
         sync.tick().await;
         let t = start.elapsed().as_secs_f64();
@@ -358,8 +367,7 @@ pub async fn run(a: Args) -> Result<()> {
     for pod in pods.into_iter().chain(retiring.into_iter().map(|r| r.1)) {
         pod.proxy.proc.assert_no_panic()?;
         drop(pod.proxy);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = std::fs::remove_dir(&pod.cgroup);
+        remove_cgroup(&pod.cgroup).await;
     }
     report(&a, &rows, hpa.min)
 }
