@@ -54,6 +54,27 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
     Ok(())
 }
 
+/// Writes an SVG of line panels stacked vertically, one per `(y label, points)`, over one x axis.
+pub fn lines(path: &Path, title: &str, x_label: &str, panels: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    let root = SVGBackend::new(path, (900, 220 * panels.len() as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(|e| anyhow!("{e}"))?;
+    let x_max = panels.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(1.0, f64::max);
+    for ((label, points), area) in panels.iter().zip(root.split_evenly((panels.len(), 1))) {
+        let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(&area)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart.configure_mesh().x_desc(x_label).y_desc(*label).draw().map_err(|e| anyhow!("{e}"))?;
+        chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2))).map_err(|e| anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

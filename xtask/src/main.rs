@@ -13,6 +13,7 @@
 //! Each command exits 0 when every target is met, 1 when one is missed, 2 when it broke.
 
 mod alerts;
+mod autoscale;
 mod bench;
 mod chart;
 mod client;
@@ -64,6 +65,8 @@ enum Cmd {
     Alerts,
     /// Three instances share a real redis-server; Redis paused, killed, restarted; the adaptive limit at a knee.
     Fleet,
+    /// The HPA simulated on real replicas and a real Prometheus (docs/autoscaling.md).
+    Autoscale(autoscale::Args),
 }
 
 /// A missed target (exit 1), as opposed to a broken check (exit 2).
@@ -136,6 +139,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::With { no_fake, command } => with(no_fake, &command).await,
         Cmd::Alerts => alerts::run().await,
         Cmd::Fleet => fleet::run().await,
+        Cmd::Autoscale(args) => autoscale::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
