@@ -24,7 +24,7 @@ check() { # $1: what the summary calls it; the rest: cargo deny's arguments
 for c in bans licenses sources; do check "$c" check "$c"; done
 
 # Advisories only with a database: a fresh one, or one fetched earlier on this machine.
-stale=$(find "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" -maxdepth 2 -path '*/advisory-db-*/.git' 2>/dev/null | head -n 1)
+stale=$(find "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" -maxdepth 2 -path '*/advisory-db-*/.git' 2>/dev/null | head -n 1 || true)
 if timeout 120 cargo deny --locked fetch db; then
   check advisories check advisories
 elif [ -n "$stale" ]; then
