@@ -336,7 +336,11 @@ async fn load_until(proxy: &Proxy, state: &str, max: u64, codes: &Arc<Mutex<BTre
 pub async fn run(_: Args) -> Result<()> {
     let started = Instant::now();
     let fake = Fake::start("promcheck-fake", &["--failure-rate", "0.3", "--latency-ms", "5"]).await?;
-    let flags = ["--breaker-open-ms", "1000", "--breaker-max-open-ms", "4000"];
+    // A real redis-server behind the proxy, so the shared-cache panels have series too.
+    let redis_args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    let redis = External::start("promcheck-redis", "redis-server", &redis_args, "", None).await?;
+    let redis_url = format!("redis://127.0.0.1:{}/", redis.port);
+    let flags = ["--breaker-open-ms", "1000", "--breaker-max-open-ms", "4000", "--redis-url", &redis_url];
     let proxy = Proxy::start("promcheck-proxy", &fake.shout_url(), &flags).await?;
     let config = std::fs::read_to_string(root().join("prometheus/prometheus-check.yml"))?
         .replace("@ADMIN_TARGET@", proxy.admin.trim_start_matches("http://"))
