@@ -331,7 +331,7 @@ fn report(
     let get = |k: &str| best.iter().find(|b| b.scenario == k);
     let mut targets: Vec<(String, bool, String)> = Vec::new();
     for (a, b, min) in
-        [("cache-hit", "bare-same", 0.8), ("breaker-open", "bare-unique", 0.8), ("miss", "upstream-direct", 0.5)]
+        [("cache-hit", "bare-same", 0.9), ("breaker-open", "bare-unique", 0.9), ("miss", "upstream-direct", 0.45)]
     {
         if let (Some(x), Some(y)) = (get(a), get(b)) {
             targets.push((format!("{a} >= {min}x {b}"), x.rps / y.rps >= min, format!("{:.2}x", x.rps / y.rps)));
