@@ -65,7 +65,11 @@ pub async fn run(args: Args) -> Result<()> {
     let tok = format!("hx{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
     let texts = |what: &str, n| (0..n).map(|i| format!("{what} {tok} #{i} {}", "x".repeat(8192))).collect::<Vec<_>>();
     let (fake, timeout, limit) = (Fake::start("hostile-fake", &[]).await?, TIMEOUT_MS.to_string(), ms(2 * TIMEOUT_MS));
+    // The concurrency limit pinned at its ceiling: these cases count how content and headers are
+    // handled, and a fresh pod's limit (measured at its floor first) would turn some attempts
+    // into `concurrency_limit` fallbacks; `cargo xtask fleet` is the limit's own check.
     let mut flags = vec!["--header-read-timeout-ms", &timeout, "--body-read-timeout-ms", &timeout, "--log", DEBUG];
+    flags.extend(["--upstream-limit-min", "128"]);
     flags.extend(["--breaker-open-ms", &timeout].into_iter().chain(args.proxy_arg.iter().map(String::as_str)));
     let proxy = Proxy::start("hostile", &fake.shout_url(), &flags).await?;
     let (stop, shouter, normal_tok) = (Arc::new(AtomicBool::new(false)), Shouter::new(&proxy.url)?, tok.clone());
@@ -197,6 +201,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     // A second proxy whose breaker does not trip, so every call meets the Retry-After; then its cap.
     let flags = ["--breaker-consecutive-failures", "1000", "--breaker-min-calls", "1000", "--max-connections", "16"];
+    let flags = [&flags[..], &["--upstream-limit-min", "128"]].concat();
     let capped = Proxy::start("hostile-second", &fake.shout_url(), &flags).await?;
     let calls = fake.set(json!({"mode": "fail", "retry_after": u64::MAX.to_string()})).await?["calls"].as_u64();
     let ok = correct(&shout_all(&capped.url, &texts("retry-after", 100)).await?, "fallback");
