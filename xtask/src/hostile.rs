@@ -149,13 +149,21 @@ pub async fn run(args: Args) -> Result<()> {
 
     let (http, mut wrong) = (reqwest::Client::new(), Vec::new());
     let nested = format!(r#"{{"data":{}{}}}"#, "[".repeat(30_000), "]".repeat(30_000));
-    let huge = json!({"data": "x".repeat(1 << 20)}).to_string();
-    for (body, status) in [(body, 200), (nested, 400), (huge, 413)] {
+    for (body, status) in [(body, 200), (nested, 400)] {
         let r = http.post(&proxy.url).header("content-type", "application/json").body(body).send().await?;
         let ct = r.headers().get("content-type").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
         if r.status() != status || ct != b"application/json" {
             wrong.push(format!("{} {}", r.status(), String::from_utf8_lossy(&ct)));
         }
+    }
+    // 1 MiB announced, its first 16 KiB sent: the 413 comes before the body is read. (A client
+    // that writes all of it races the server's close and may see a reset instead of the 413.)
+    let mut big = RawClient::connect(proxy.url.trim_start_matches("http://")).await?;
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
+    big.send(&[head.as_bytes(), &[b'x'; 16384]], Duration::ZERO).await?;
+    let answer = String::from_utf8_lossy(&big.closed_within(ms(2000)).await.unwrap_or_default()).to_lowercase();
+    if !answer.starts_with("http/1.1 413") || !answer.contains("\r\ncontent-type: application/json\r\n") {
+        wrong.push(format!("1 MiB: {:?}", answer.lines().next()));
     }
     let target = "200; 1 MiB -> 413; 30000-deep JSON -> 400: each with `Content-Type: application/json`";
     check(target, wrong.is_empty(), wrong.join("; "));
