@@ -17,7 +17,7 @@ use crate::chart::{Bar, bars};
 use crate::client::{Shouter, expected};
 use crate::fake::Fake;
 use crate::load::Wrk;
-use crate::proc::{Proc, Proxy, free_port, out_dir, root};
+use crate::proc::{External, Proc, Proxy, free_port, out_dir, root};
 use crate::{table, verdict};
 
 #[derive(clap::Args)]
@@ -48,9 +48,20 @@ pub struct Args {
     strict: bool,
 }
 
-/// The scenarios (docs/benchmark.md says what each runs).
-const SCENARIOS: [&str; 7] =
-    ["bare-same", "bare-unique", "upstream-direct", "cache-hit", "miss", "breaker-open", "slow-flaky"];
+/// The scenarios (docs/benchmark.md says what each runs). `cache-hit-redis` is `cache-hit` with a
+/// real redis-server configured (an L1 hit must not touch it); `shared-hit` answers every request
+/// from Redis (an in-process cache too small to hold anything).
+const SCENARIOS: [&str; 9] = [
+    "bare-same",
+    "bare-unique",
+    "upstream-direct",
+    "cache-hit",
+    "cache-hit-redis",
+    "shared-hit",
+    "miss",
+    "breaker-open",
+    "slow-flaky",
+];
 const P99_GOAL_MS: f64 = 5.0;
 
 /// The bare handler: poem, JSON in and out, the crate's transform.
@@ -86,6 +97,7 @@ struct Stack {
     target: Option<Proc>,
     proxy: Option<Proxy>,
     fake: Option<Fake>,
+    redis: Option<External>,
     url: String,
     inputs: &'static str,
     field: &'static str,
@@ -102,8 +114,9 @@ async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
 impl Stack {
     async fn start(kind: &str, run: &str, cpus: Option<&str>) -> Result<Stack> {
         let tag = format!("bench-{kind}");
-        let inputs = if kind.ends_with("same") || kind == "cache-hit" { "same" } else { "unique" };
-        let mut stack = Stack { target: None, proxy: None, fake: None, url: String::new(), inputs, field: "data" };
+        let inputs = if kind.ends_with("same") || kind.contains("hit") { "same" } else { "unique" };
+        let (target, proxy, fake, redis, url) = (None, None, None, None, String::new());
+        let mut stack = Stack { target, proxy, fake, redis, url, inputs, field: "data" };
         if kind.starts_with("bare") {
             let port = free_port()?;
             let exe = std::env::current_exe()?;
@@ -123,14 +136,26 @@ impl Stack {
         stack.fake = Some(fake);
         let Some(fake) = stack.fake.as_ref().filter(|_| kind != "upstream-direct") else { return Ok(stack) };
         let mut flags = vec!["--log-format", "json"];
+        let redis_url;
+        if kind == "cache-hit-redis" || kind == "shared-hit" {
+            let args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+            let redis = External::start(&format!("{tag}-redis"), "redis-server", &args, "", None).await?;
+            redis_url = format!("redis://127.0.0.1:{}/", redis.port);
+            flags.extend(["--redis-url", &redis_url]);
+            if kind == "shared-hit" {
+                flags.extend(["--cache-max-bytes", "1"]); // nothing fits in process: Redis answers
+            }
+            stack.redis = Some(redis);
+        }
         if kind == "breaker-open" {
             flags.extend(["--breaker-open-ms", "600000", "--breaker-max-open-ms", "600000"]);
         }
         let proxy = Proxy::start_on(&tag, &fake.shout_url(), &flags, cpus).await?;
         let same = format!("hello, shout-proxy bench {run}-1-000000000"); // the Lua script's fixed body
         match kind {
-            "cache-hit" => {
+            "cache-hit" | "cache-hit-redis" | "shared-hit" => {
                 expect(&proxy, &same, "upstream").await?;
+                tokio::time::sleep(Duration::from_millis(300)).await; // the Redis write is in the background
                 expect(&proxy, &same, "cache").await?;
             }
             "miss" => expect(&proxy, &format!("miss sanity {run}"), "upstream").await?,
@@ -198,6 +223,10 @@ impl Stack {
             let reasons = delta("shout_fallbacks_total", "reason").join(", ");
             if !reasons.is_empty() {
                 m.sources += &format!(" ({reasons})");
+            }
+            let redis = delta("shout_shared_cache_requests_total", "result").join(", ");
+            if self.redis.is_some() {
+                m.sources += &format!("; Redis: {}", if redis.is_empty() { "untouched" } else { &redis });
             }
             proxy.proc.assert_no_panic()?;
             if kind == "breaker-open" && proxy.status().await?["pipeline"]["breaker"]["state"] != "open" {
@@ -330,12 +359,19 @@ fn report(
     out += &format!("\n{}\n", table(header, &rows));
     let get = |k: &str| best.iter().find(|b| b.scenario == k);
     let mut targets: Vec<(String, bool, String)> = Vec::new();
-    for (a, b, min) in
-        [("cache-hit", "bare-same", 0.9), ("breaker-open", "bare-unique", 0.9), ("miss", "upstream-direct", 0.45)]
-    {
+    for (a, b, min) in [
+        ("cache-hit", "bare-same", 0.9),
+        ("breaker-open", "bare-unique", 0.9),
+        ("miss", "upstream-direct", 0.45),
+        ("cache-hit-redis", "cache-hit", 0.9),
+    ] {
         if let (Some(x), Some(y)) = (get(a), get(b)) {
             targets.push((format!("{a} >= {min}x {b}"), x.rps / y.rps >= min, format!("{:.2}x", x.rps / y.rps)));
         }
+    }
+    if let Some(b) = get("cache-hit-redis") {
+        let untouched = b.sources.contains("Redis: untouched");
+        targets.push(("an L1 hit never touches Redis (cache-hit-redis)".into(), untouched, b.sources.clone()));
     }
     let errors = best.iter().map(|b| b.errors).sum::<u64>() + memory.map_or(0, |m| m["errors"].as_u64().unwrap_or(0));
     targets.push(("zero non-2xx (and socket errors) everywhere".into(), errors == 0, errors.to_string()));
