@@ -20,11 +20,21 @@ use prometheus::{IntGauge, Registry};
 /// strings (`.ci/bench.sh`, memory run), so 512 keeps the byte bound a bound on memory.
 const ENTRY_OVERHEAD_BYTES: u32 = 512;
 
+/// A confirmed answer as the single flight hands it to every request waiting on it.
+#[derive(Debug, Clone)]
+pub(crate) struct Loaded {
+    /// The reversed, capitalized string.
+    pub(crate) text: Arc<str>,
+    /// Whether the shared cache (Redis) held it rather than the upstream confirming it now, so
+    /// that every waiter of the load labels it alike (`cache`, not `upstream`).
+    pub(crate) from_shared: bool,
+}
+
 /// Cache of confirmed answers: input -> reversed and capitalized output.
 #[derive(Debug, Clone)]
 pub(crate) struct AnswerCache {
     /// moka's cache; `try_get_with` on it coalesces concurrent misses for one key.
-    inner: Cache<Arc<str>, Arc<str>>,
+    inner: Cache<Arc<str>, Loaded>,
     /// `shout_cache_entries`.
     entries: IntGauge,
     /// `shout_cache_weighted_bytes`.
@@ -52,8 +62,8 @@ impl AnswerCache {
     ) -> prometheus::Result<Self> {
         let inner = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &Arc<str>, value: &Arc<str>| -> u32 {
-                let bytes = key.len().saturating_add(value.len());
+            .weigher(|key: &Arc<str>, value: &Loaded| -> u32 {
+                let bytes = key.len().saturating_add(value.text.len());
                 u32::try_from(bytes)
                     .unwrap_or(u32::MAX)
                     .saturating_add(ENTRY_OVERHEAD_BYTES)
@@ -76,15 +86,15 @@ impl AnswerCache {
 
     /// The cached answer for `input`, if any.
     pub(crate) async fn get(&self, input: &str) -> Option<Arc<str>> {
-        self.inner.get(input).await
+        self.inner.get(input).await.map(|loaded| loaded.text)
     }
 
     /// Gets the answer for `key`, running `load` once for all concurrent callers of the same key
     /// and caching its `Ok`. Callers must not cancel this future before the load's own deadline
     /// (moka restarts a cancelled load in a waiter): the resolver runs it in a spawned task.
-    pub(crate) async fn get_or_load<F, E>(&self, key: Arc<str>, load: F) -> Result<Arc<str>, Arc<E>>
+    pub(crate) async fn get_or_load<F, E>(&self, key: Arc<str>, load: F) -> Result<Loaded, Arc<E>>
     where
-        F: Future<Output = Result<Arc<str>, E>>,
+        F: Future<Output = Result<Loaded, E>>,
         E: Send + Sync + 'static,
     {
         self.inner.try_get_with(key, load).await
@@ -123,7 +133,12 @@ mod tests {
             let key: Arc<str> = format!("input-{i}").into();
             let value: Arc<str> = format!("{i}-TUPNI").into();
             let _ = cache
-                .get_or_load::<_, ()>(key, async move { Ok(value) })
+                .get_or_load::<_, ()>(key, async move {
+                    Ok(Loaded {
+                        text: value,
+                        from_shared: false,
+                    })
+                })
                 .await;
         }
         let snapshot = cache.snapshot().await;

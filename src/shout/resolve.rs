@@ -29,14 +29,13 @@
 //! Kelvin sign for `K`, `ẞ` for `SS`) reaches a client or the cache.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::cache::{AnswerCache, CacheSnapshot};
+use crate::cache::{AnswerCache, CacheSnapshot, Loaded};
 use crate::metrics::ByLabel;
 use crate::shared_cache::{SharedCache, SharedCacheSnapshot};
 use crate::shout::transform::{reverse_graphemes, shout_locally};
@@ -185,28 +184,24 @@ impl Resolver {
         let inner = self.inner.clone();
         let key: Arc<str> = Arc::from(input);
         let expected = canonical.clone();
-        // Set by this request's own load when Redis answered it: a shared hit is a `cache`
-        // answer. Waiters on another request's load read it as `upstream`, as before.
-        let shared_hit = Arc::new(AtomicBool::new(false));
-        let hit_flag = shared_hit.clone();
         let load = tokio::spawn(
             async move {
                 let loader = inner.clone();
                 let input = key.clone();
                 inner
                     .cache
-                    .get_or_load(key, async move {
-                        loader.load(&input, reversed, expected, &hit_flag).await
-                    })
+                    .get_or_load(
+                        key,
+                        async move { loader.load(&input, reversed, expected).await },
+                    )
                     .await
             }
             .in_current_span(),
         );
         let reason = match load.await {
-            Ok(Ok(text)) if shared_hit.load(Ordering::Acquire) => {
-                return self.answer(text, Source::Cache);
-            }
-            Ok(Ok(text)) => return self.answer(text, Source::Upstream),
+            // A shared hit is a `cache` answer, for every request that waited on the load.
+            Ok(Ok(loaded)) if loaded.from_shared => return self.answer(loaded.text, Source::Cache),
+            Ok(Ok(loaded)) => return self.answer(loaded.text, Source::Upstream),
             Ok(Err(reason)) => *reason,
             Err(join) => {
                 tracing::error!(error = %join, "the upstream load task failed");
@@ -247,22 +242,23 @@ impl Resolver {
 impl Inner {
     /// One bounded attempt at a confirmed answer: shared cache, then deadline and attempt loop,
     /// then the write-back. `Ok` carries the canonical answer, which Redis held or the upstream
-    /// confirmed byte for byte; `shared_hit` says which.
+    /// confirmed byte for byte; `from_shared` says which.
     async fn load(
         &self,
         input: &str,
         reversed: String,
         canonical: Arc<str>,
-        shared_hit: &AtomicBool,
-    ) -> Result<Arc<str>, FallbackReason> {
+    ) -> Result<Loaded, FallbackReason> {
         if let Some(shared) = &self.shared
             && shared
                 .get(input, |value| value == &*canonical)
                 .await
                 .is_some()
         {
-            shared_hit.store(true, Ordering::Release);
-            return Ok(canonical);
+            return Ok(Loaded {
+                text: canonical,
+                from_shared: true,
+            });
         }
         let now = Instant::now();
         // A deadline too far for the clock is no deadline at all: a year stands in for it.
@@ -273,6 +269,9 @@ impl Inner {
         if let Some(shared) = &self.shared {
             shared.put(input, &canonical);
         }
-        Ok(canonical)
+        Ok(Loaded {
+            text: canonical,
+            from_shared: false,
+        })
     }
 }

@@ -201,3 +201,31 @@ async fn a_dead_redis_costs_no_readiness_and_no_wrong_answer() {
         .sum::<u64>();
     assert_eq!(failed, 3, "{shared}");
 }
+
+#[tokio::test]
+async fn every_request_waiting_on_a_load_that_redis_answered_is_told_it_came_from_the_cache() {
+    let Some(redis) = Redis::start("waiters").await else {
+        return;
+    };
+    let apps = fleet(&redis).await;
+    shout_call()
+        .respond_with(shoutcloud)
+        .expect(1)
+        .mount(&apps[0].upstream)
+        .await;
+    apps[0].shout("waiters").await;
+    until_written(&apps[0], 1).await;
+
+    // Twenty at once on another instance: one load reads Redis, the others wait on it.
+    let answers = futures_util::future::join_all((0..20).map(|_| apps[1].shout("waiters"))).await;
+
+    for answer in &answers {
+        assert_eq!((answer.data(), answer.source()), ("SRETIAW", "cache"));
+    }
+    let gets = apps[1].status().await["pipeline"]["shared_cache"]["get"]["hit"].as_u64();
+    assert!(
+        gets.is_some_and(|n| (1..20).contains(&n)),
+        "waiters coalesced: {gets:?}"
+    );
+    assert_eq!(apps[0].upstream_calls().await, 1);
+}
