@@ -77,6 +77,15 @@ impl Shouter {
     }
 }
 
+impl Shouter {
+    /// Every text once, `concurrency` at a time (request `i` for `texts[i]`), in completion order.
+    pub async fn all(&self, texts: &[String], concurrency: usize) -> Vec<Outcome> {
+        use futures_util::StreamExt;
+        let calls = texts.iter().enumerate().map(|(i, t)| self.shout(i, t));
+        futures_util::stream::iter(calls).buffer_unordered(concurrency).collect().await
+    }
+}
+
 fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

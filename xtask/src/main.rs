@@ -12,6 +12,8 @@
 //!
 //! Each command exits 0 when every target is met, 1 when one is missed, 2 when it broke.
 
+#![allow(dead_code)] // TRANSITION: shared helpers adopted command by command
+
 mod alerts;
 mod autoscale;
 mod bench;
@@ -97,6 +99,37 @@ pub fn verdict(targets: &[(String, bool, String)]) -> (String, Result<(), Missed
         targets.iter().map(|(t, ok, m)| format!("{t}|{}|{m}", if *ok { "PASS" } else { "**FAIL**" })).collect();
     let missed: Vec<String> = targets.iter().filter(|t| !t.1).map(|(t, _, m)| format!("{t}: {m}")).collect();
     (table("target|result|measured", &rows), if missed.is_empty() { Ok(()) } else { Err(Missed(missed)) })
+}
+
+/// The targets of one command, each printed as it is judged; [`Targets::report`] writes them as
+/// a table and [`Targets::verdict`] fails with [`Missed`] when one was missed.
+pub struct Targets {
+    tag: &'static str,
+    list: Vec<(String, bool, String)>,
+}
+
+impl Targets {
+    pub fn new(tag: &'static str) -> Targets {
+        Targets { tag, list: Vec::new() }
+    }
+
+    pub fn check(&mut self, target: impl Into<String>, ok: bool, measured: impl Into<String>) {
+        let (target, measured) = (target.into(), measured.into());
+        eprintln!("[{}] {} {target}: {measured}", self.tag, if ok { "PASS" } else { "FAIL" });
+        self.list.push((target, ok, measured));
+    }
+
+    /// `head`, a blank line and the targets' table: printed, written to `target/xtask/<file>`.
+    pub fn report(&self, head: &str, file: &str) -> anyhow::Result<String> {
+        let report = format!("{head}\n\n{}", verdict(&self.list).0);
+        println!("{report}");
+        std::fs::write(proc::out_dir("")?.join(file), &report)?;
+        Ok(report)
+    }
+
+    pub fn verdict(&self) -> anyhow::Result<()> {
+        Ok(verdict(&self.list).1?)
+    }
 }
 
 /// The one process manager for outside tools (schemathesis, Chromium): they get the URLs, the

@@ -216,4 +216,23 @@ impl External {
         }
         Ok(External { proc, port })
     }
+
+    /// Debian's `redis-server` on a free port, no persistence.
+    pub async fn redis(name: &str) -> Result<External> {
+        let args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        External::start(name, "redis-server", &args, "", None).await
+    }
+
+    /// Debian's `prometheus` with `config` (see [`External::start`] for `@DIR@`), `extra` flags.
+    pub async fn prometheus(name: &str, config: &str, extra: &[&str]) -> Result<External> {
+        let flags = ["--config.file=@DIR@/config", "--storage.tsdb.path=@DIR@/data", "--log.level=warn"];
+        let flags = [&flags[..], &["--web.listen-address=127.0.0.1:@PORT@"], extra].concat();
+        External::start(name, "prometheus", &flags, config, Some("/-/ready")).await
+    }
+
+    /// `http://127.0.0.1:PORT`, or `redis://127.0.0.1:PORT/` for redis-server.
+    pub fn url(&self) -> String {
+        let scheme = if self.proc.name.contains("redis") { "redis" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{}", self.port, if scheme == "redis" { "/" } else { "" })
+    }
 }

@@ -131,6 +131,32 @@ pub fn assert_delta(
     Ok(())
 }
 
+/// A Prometheus duration (`30s`, `5m`, `1h`, `250ms`) divided by `factor`, at least `min_ms`,
+/// in milliseconds: how the alert and autoscaling checks compress time without editing a rule.
+pub fn scale_duration(d: &str, factor: f64, min_ms: f64) -> Result<String> {
+    let split = d.find(|c: char| !c.is_ascii_digit()).with_context(|| format!("duration {d:?}"))?;
+    let (n, unit) = d.split_at(split);
+    let ms = match unit {
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3600e3,
+        _ => bail!("duration {d:?}: unit {unit:?} (a subquery's `5m:1m` is not scaled)"),
+    };
+    Ok(format!("{}ms", (n.parse::<f64>()? * ms / factor).max(min_ms).round()))
+}
+
+/// Every `[range]` of a PromQL expression scaled by [`scale_duration`].
+pub fn scale_ranges(expr: &str, factor: f64, min_ms: f64) -> Result<String> {
+    let (mut out, mut rest) = (String::new(), expr);
+    while let Some((head, tail)) = rest.split_once('[') {
+        let (range, after) = tail.split_once(']').context("[ without ]")?;
+        out += &format!("{head}[{}]", scale_duration(range, factor, min_ms)?);
+        rest = after;
+    }
+    Ok(out + rest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +172,15 @@ mod tests {
         assert_eq!(m.by_label("shout_answers_total", "z"), vec![("1".to_owned(), 4.0)]);
         assert_eq!(m.sample("h_bucket", &[("le", "+Inf")]), 7.0);
         assert_eq!(m.sum("up"), 1.0);
+        Ok(())
+    }
+
+    #[test]
+    fn ranges_are_scaled_and_subqueries_refused() -> Result<()> {
+        let expr = "rate(a[5m]) / rate(b[1h]) > on () c[30s]";
+        assert_eq!(scale_ranges(expr, 30.0, 4000.0)?, "rate(a[10000ms]) / rate(b[120000ms]) > on () c[4000ms]");
+        assert_eq!(scale_duration("250ms", 10.0, 0.0)?, "25ms");
+        assert!(scale_ranges("max_over_time(x[5m:1m])", 30.0, 0.0).is_err());
         Ok(())
     }
 
