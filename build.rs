@@ -5,41 +5,36 @@
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
-    let output = Command::new("git").args(args).output().ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    let text = String::from_utf8(output.stdout).ok()?.trim().to_string();
+    let output = Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8(output.stdout).ok()?.trim().to_owned();
     (!text.is_empty()).then_some(text)
 }
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SHOUT_GIT_REVISION");
-    let from_env = std::env::var("SHOUT_GIT_REVISION")
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty());
-    let revision = from_env.or_else(|| {
-        // Rebuild when HEAD moves: HEAD itself (a checkout) and the ref it points to (a commit).
-        // `--git-path` resolves both in a worktree too, where `.git` is a file.
-        if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
-            println!("cargo:rerun-if-changed={head}");
-        }
-        if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"])
-            && let Some(path) = git(&["rev-parse", "--git-path", &reference])
-        {
+    // Rebuild when HEAD moves: HEAD itself (a checkout) and the ref it points to (a commit).
+    // `--git-path` resolves both in a worktree too, where `.git` is a file.
+    let head_ref = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in std::iter::once("HEAD").chain(head_ref.as_deref()) {
+        if let Some(path) = git(&["rev-parse", "--git-path", name]) {
             println!("cargo:rerun-if-changed={path}");
         }
-        git(&["rev-parse", "--short=12", "HEAD"])
-    });
-    let revision: String = revision
-        .unwrap_or_else(|| "unknown".to_string())
-        .chars()
+    }
+    let revision = std::env::var("SHOUT_GIT_REVISION")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_default();
+    let revision: String = (revision.trim().chars())
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .take(40)
         .collect();
     let revision = if revision.is_empty() {
-        "unknown".to_string()
+        "unknown".into()
     } else {
         revision
     };

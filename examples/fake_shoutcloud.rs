@@ -115,10 +115,6 @@ struct ShoutIn {
     input: String,
 }
 
-fn status(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-}
-
 /// shoutcloud's answer: the input and an output.
 fn answer(input: &str, output: &str) -> Response {
     Json(serde_json::json!({"INPUT": input, "OUTPUT": output})).into_response()
@@ -152,7 +148,10 @@ async fn shout(state: Data<&Arc<State>>, body: Json<ShoutIn>) -> Response {
         } else {
             "shoutcloud is sick"
         };
-        let mut response = body.to_owned().with_status(status(code)).into_response();
+        let mut response = body
+            .to_owned()
+            .with_status(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE))
+            .into_response();
         if let Some(value) = knobs.retry_after.as_deref().and_then(|v| v.parse().ok()) {
             response.headers_mut().insert("retry-after", value);
         }
@@ -215,19 +214,15 @@ async fn control(state: Data<&Arc<State>>, update: Json<serde_json::Value>) -> R
         if let (Some(merged), Some(update)) = (merged.as_object_mut(), update.as_object()) {
             merged.extend(update.clone().into_iter().filter(|(k, _)| k != "reset"));
         }
-        let new = match serde_json::from_value::<Knobs>(merged) {
-            Ok(new) => new,
-            Err(e) => {
-                return e
-                    .to_string()
-                    .with_status(StatusCode::BAD_REQUEST)
-                    .into_response();
+        match serde_json::from_value::<Knobs>(merged) {
+            Ok(new) => {
+                *knobs = Knobs {
+                    failure_rate: new.failure_rate.clamp(0.0, 1.0),
+                    ..new
+                }
             }
-        };
-        *knobs = Knobs {
-            failure_rate: new.failure_rate.clamp(0.0, 1.0),
-            ..new
-        };
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
         if let (true, Ok(mut seen)) = (update["reset"] == true, state.seen.lock()) {
             *seen = (0, 0, 0);
         }

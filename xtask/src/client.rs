@@ -43,10 +43,9 @@ impl Shouter {
         let path = ["/", "/v1", "/v1/"][i % 3];
         let request = self.http.post(format!("{}{path}", self.url));
         let request = if i.is_multiple_of(2) {
-            request.header("content-type", "application/json").body(serde_json::json!({"data": text}).to_string())
+            request.json(&serde_json::json!({"data": text}))
         } else {
-            let body: String = url_encode(text);
-            request.header("content-type", "application/x-www-form-urlencoded").body(format!("data={body}"))
+            request.form(&[("data", text)])
         };
         let started = Instant::now();
         let result = async {
@@ -84,15 +83,6 @@ impl Shouter {
         let calls = texts.iter().enumerate().map(|(i, t)| self.shout(i, t));
         futures_util::stream::iter(calls).buffer_unordered(concurrency).collect().await
     }
-}
-
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Nearest-rank percentile (`q` in 0..=1) of unsorted values; NaN when empty.
