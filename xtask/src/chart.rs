@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use plotters::prelude::*;
 
 /// One bar.
@@ -15,15 +15,14 @@ pub struct Bar {
 pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
     let height = 80 + 36 * bars.len() as u32;
     let root = SVGBackend::new(path, (900, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.value).fold(1.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(170)
-        .build_cartesian_2d(0.0..max, (0..bars.len()).into_segmented())
-        .map_err(|e| anyhow!("{e}"))?;
+        .build_cartesian_2d(0.0..max, (0..bars.len()).into_segmented())?;
     let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
     chart
         .configure_mesh()
@@ -33,32 +32,27 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
             SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
             _ => String::new(),
         })
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .draw_series(bars.iter().enumerate().map(|(i, b)| {
-            let mut bar = Rectangle::new(
-                [(0.0, SegmentValue::Exact(i)), (b.value, SegmentValue::Exact(i + 1))],
-                BLUE.mix(0.6).filled(),
-            );
-            bar.set_margin(4, 4, 0, 0);
-            bar
-        }))
-        .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .draw_series(bars.iter().enumerate().map(|(i, b)| {
-            Text::new(format!("{:.0}", b.value), (b.value, SegmentValue::CenterOf(i)), ("sans-serif", 14))
-        }))
-        .map_err(|e| anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow!("{e}"))?;
+        .draw()?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
+        let mut bar = Rectangle::new(
+            [(0.0, SegmentValue::Exact(i)), (b.value, SegmentValue::Exact(i + 1))],
+            BLUE.mix(0.6).filled(),
+        );
+        bar.set_margin(4, 4, 0, 0);
+        bar
+    }))?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
+        Text::new(format!("{:.0}", b.value), (b.value, SegmentValue::CenterOf(i)), ("sans-serif", 14))
+    }))?;
+    root.present()?;
     Ok(())
 }
 
 /// Writes an SVG of line panels stacked vertically, one per `(y label, points)`, over one x axis.
 pub fn lines(path: &Path, title: &str, x_label: &str, panels: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
     let root = SVGBackend::new(path, (900, 220 * panels.len() as u32 + 40)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let root = root.titled(title, ("sans-serif", 20)).map_err(|e| anyhow!("{e}"))?;
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 20))?;
     let x_max = panels.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(1.0, f64::max);
     for ((label, points), area) in panels.iter().zip(root.split_evenly((panels.len(), 1))) {
         let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
@@ -66,12 +60,11 @@ pub fn lines(path: &Path, title: &str, x_label: &str, panels: &[(&str, Vec<(f64,
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(|e| anyhow!("{e}"))?;
-        chart.configure_mesh().x_desc(x_label).y_desc(*label).draw().map_err(|e| anyhow!("{e}"))?;
-        chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2))).map_err(|e| anyhow!("{e}"))?;
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        chart.configure_mesh().x_desc(x_label).y_desc(*label).draw()?;
+        chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2)))?;
     }
-    root.present().map_err(|e| anyhow!("{e}"))?;
+    root.present()?;
     Ok(())
 }
 

@@ -76,17 +76,23 @@ impl Proc {
     /// or the process exits.
     pub async fn wait_ready(&mut self, url: &str, deadline: Duration, any: bool) -> Result<()> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+        let answers = async || http.get(url).send().await.is_ok_and(|r| any || r.status().is_success());
+        self.wait_until(url, deadline, answers).await
+    }
+
+    /// Polls `ready` every 50 ms until it holds; fails when the deadline passes or the process exits.
+    async fn wait_until(&mut self, what: &str, deadline: Duration, ready: impl AsyncFn() -> bool) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < deadline {
             if let Some(status) = self.child.try_wait()? {
                 bail!("{} exited ({status}) before it was ready; see {}", self.name, self.log.display());
             }
-            if http.get(url).send().await.is_ok_and(|r| any || r.status().is_success()) {
+            if ready().await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("{} not ready at {url} after {deadline:?}; see {}", self.name, self.log.display())
+        bail!("{} not ready at {what} after {deadline:?}; see {}", self.name, self.log.display())
     }
 
     /// Fails when the log shows a panic.
@@ -200,18 +206,12 @@ impl External {
         std::fs::write(dir.join("config"), fill(config))?;
         let args: Vec<String> = args.iter().map(|a| fill(a)).collect();
         let mut proc = Proc::spawn(name, Path::new(program), &args)?;
+        let deadline = Duration::from_secs(30);
         match ready_path {
-            Some(path) => {
-                proc.wait_ready(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(30), false).await?
-            }
+            Some(path) => proc.wait_ready(&format!("http://127.0.0.1:{port}{path}"), deadline, false).await?,
             None => {
-                let start = Instant::now();
-                while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                    if start.elapsed() > Duration::from_secs(30) {
-                        bail!("{name} does not accept on {port}; see {}", proc.log.display());
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                let accepts = async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok();
+                proc.wait_until(&format!("port {port}"), deadline, accepts).await?
             }
         }
         Ok(External { proc, port })
