@@ -8,18 +8,17 @@
 //! release binary under load, counted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::client::{Outcome, Shouter, percentile};
 use crate::fake::Fake;
 use crate::proc::{Proxy, free_port, out_dir, release_bin, root};
-use crate::prom::{Metrics, assert_delta};
-use crate::{table, verdict};
+use crate::{Targets, table};
 
 const P99_LIMIT_MS: f64 = 1500.0; // 1.5 x the default 1 s deadline
 const OPEN_MS: f64 = 2000.0;
@@ -49,11 +48,14 @@ pub struct Args {
     no_recovery: bool,
 }
 
-/// Fault modes in the order they run: name, upstream (`fake`, `refused`: a closed port,
-/// `reset`: a server that resets), the fake's knobs, and the kind: `hard` (every call fails:
-/// paced over --hard-down-secs so several open periods pass under load), `burst` (hard, unpaced),
-/// `flaky` (run --flaky-runs times), or `` (no extra target).
-const MODES: [(&str, &str, &str, &str); 12] = [
+/// Name, upstream (`fake`, `refused`: a closed port, `reset`: a server that resets), the fake's
+/// knobs, and the kind: `hard` (every call fails: paced over --hard-down-secs so several open
+/// periods pass under load), `burst` (hard, unpaced), `flaky` (run --flaky-runs times), or ``
+/// (no extra target).
+type Mode = (&'static str, &'static str, &'static str, &'static str);
+
+/// Fault modes in the order they run.
+const MODES: [Mode; 12] = [
     ("healthy", "fake", "{}", ""),
     ("refused", "refused", "{}", "hard"),
     ("hang", "fake", r#"{"mode": "hang"}"#, "hard"),
@@ -73,28 +75,9 @@ const MODES: [(&str, &str, &str, &str); 12] = [
 const WORDS: &str = "hello|straße|ñandú|Ωmega|e\u{301}cole|cafe\u{301}|Ärger|🇫🇷 çava|a\u{308}pfel|\
     👩\u{200d}👩\u{200d}👧 jump|résumé|día";
 
-/// One mode's numbers (target/xtask/fault-drill.json).
-#[derive(Serialize)]
-struct Row {
-    mode: String,
-    correct: usize,
-    requests: usize,
-    /// Answers from upstream / cache / fallback.
-    sources: [usize; 3],
-    p50_ms: f64,
-    p99_ms: f64,
-    seconds: f64,
-    /// The fake's count or the reset server's accepted connections; `None`: the proxy's attempts.
-    upstream_calls: f64,
-    counted_upstream: bool,
-    breaker: Value,
-    trips: f64,
-    probes: f64,
-    fallbacks: Vec<(String, f64)>,
-    attempts: Vec<(String, f64)>,
-    retries: f64,
-    first_errors: Vec<String>,
-}
+/// The columns of the modes table; one row per run of a mode.
+const HEADER: &str = "mode|correct|upstream/cache/fallback|p50 / p99 ms|upstream calls|duration|\
+    breaker at end (trips, probes)|fallbacks by reason|attempts by outcome|retries";
 
 /// Accepts connections, reads the request, and closes with SO_LINGER 0: a TCP reset.
 async fn reset_server() -> Result<(u16, Arc<AtomicU64>)> {
@@ -113,29 +96,16 @@ async fn reset_server() -> Result<(u16, Arc<AtomicU64>)> {
     Ok((port, accepted))
 }
 
-/// Sends every input once from `concurrency` workers; request i starts no sooner than
-/// i x spread / n seconds in.
-async fn load(shouter: &Shouter, inputs: Vec<String>, concurrency: usize, spread: f64) -> (Vec<Outcome>, f64) {
-    let (inputs, next, started) = (Arc::new(inputs), Arc::new(AtomicUsize::new(0)), Instant::now());
-    let interval = spread / inputs.len().max(1) as f64;
-    let workers = (0..concurrency).map(|_| {
-        let (shouter, inputs, next) = (shouter.clone(), inputs.clone(), next.clone());
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(text) = inputs.get(i) else { break };
-                tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 * interval)).into()).await;
-                out.push(shouter.shout(i, text).await);
-            }
-            out
-        })
+/// Sends every input once, `concurrency` at a time; request i starts no sooner than
+/// i x spread / n seconds in. Returns the outcomes and the seconds it took.
+async fn load(shouter: &Shouter, inputs: &[String], concurrency: usize, spread: f64) -> (Vec<Outcome>, f64) {
+    let (started, interval) = (Instant::now(), spread / inputs.len().max(1) as f64);
+    let calls = inputs.iter().enumerate().map(|(i, text)| async move {
+        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 * interval)).into()).await;
+        shouter.shout(i, text).await
     });
-    let mut all = Vec::new();
-    for worker in workers.collect::<Vec<_>>() {
-        all.extend(worker.await.unwrap_or_default());
-    }
-    (all, started.elapsed().as_secs_f64())
+    let outcomes = futures_util::stream::iter(calls).buffer_unordered(concurrency).collect().await;
+    (outcomes, started.elapsed().as_secs_f64())
 }
 
 struct Drill {
@@ -143,23 +113,21 @@ struct Drill {
     fake: Fake,
     reset: (u16, Arc<AtomicU64>),
     run_id: u128,
-    rows: Vec<Row>,
-    targets: Vec<(String, bool, String)>,
+    /// The modes table's rows (target/xtask/fault-drill.md).
+    rows: Vec<String>,
+    /// One mode's numbers each, the first wrong answers among them (target/xtask/fault-drill.json).
+    numbers: Vec<Value>,
+    targets: Targets,
 }
 
 impl Drill {
-    fn target(&mut self, target: impl Into<String>, ok: bool, measured: String) {
-        let target = target.into();
-        eprintln!("[drill] {} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
-        self.targets.push((target, ok, measured));
-    }
-
     async fn proxy(&self, upstream: &str, name: &str) -> Result<Proxy> {
         let mut extra = vec!["--breaker-open-ms", "2000"];
         extra.extend(self.args.proxy_arg.iter().map(String::as_str));
         Proxy::start(&format!("drill-{name}"), upstream, &extra).await
     }
 
+    /// The fake's count or the reset server's accepted connections; `None`: nothing to count.
     async fn upstream_count(&self, kind: &str) -> Result<Option<u64>> {
         Ok(match kind {
             "fake" => Some(self.fake.calls().await?),
@@ -168,7 +136,7 @@ impl Drill {
         })
     }
 
-    async fn run_mode(&mut self, (name, kind, knobs, class): (&str, &str, &str, &str), label: &str) -> Result<()> {
+    async fn run_mode(&mut self, (name, kind, knobs, class): Mode, label: &str) -> Result<()> {
         self.fake.set(serde_json::from_str(knobs)?).await?;
         let port = if kind == "reset" { self.reset.0 } else { free_port()? };
         let url = if kind == "fake" { self.fake.shout_url() } else { format!("http://127.0.0.1:{port}/V1/SHOUT") };
@@ -176,70 +144,71 @@ impl Drill {
         let before = self.upstream_count(kind).await?;
         let spread = if class == "hard" { self.args.hard_down_secs } else { 0.0 };
         let words: Vec<&str> = WORDS.split('|').collect();
-        let inputs = (0..self.args.requests).map(|i| format!("{} {name} {} #{i}", words[i % words.len()], self.run_id));
-        let (outcomes, seconds) =
-            load(&Shouter::new(&proxy.url)?, inputs.collect(), self.args.concurrency, spread).await;
+        let inputs: Vec<String> = (0..self.args.requests)
+            .map(|i| format!("{} {name} {} #{i}", words[i % words.len()], self.run_id))
+            .collect();
+        let (outcomes, seconds) = load(&Shouter::new(&proxy.url)?, &inputs, self.args.concurrency, spread).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let after = self.upstream_count(kind).await?;
         let (metrics, status) = (proxy.metrics().await?, proxy.status().await?);
         proxy.proc.assert_no_panic()?;
+        // Counted at the upstream when something listens there, else the proxy's own attempts.
         let upstream_calls = match (before, after) {
             (Some(b), Some(a)) => (a - b) as f64,
             _ => metrics.sum("shout_upstream_attempts_total"),
         };
+        let (n, correct) = (outcomes.len(), outcomes.iter().filter(|o| o.correct).count());
+        let latencies: Vec<f64> = outcomes.iter().map(|o| o.latency_ms).collect();
+        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+        let sources = ["upstream", "cache", "fallback"].map(|s| outcomes.iter().filter(|o| o.source == s).count());
         // Misses: answers not from the cache.
         let answers = |s: &str| metrics.sample("shout_answers_total", &[("source", s)]);
-        let (n, misses) = (outcomes.len(), answers("upstream") + answers("fallback"));
-        let latencies: Vec<f64> = outcomes.iter().map(|o| o.latency_ms).collect();
-        let source = |s: &str| outcomes.iter().filter(|o| o.source == s).count();
-        let row = Row {
-            mode: label.into(),
-            correct: outcomes.iter().filter(|o| o.correct).count(),
-            requests: n,
-            sources: [source("upstream"), source("cache"), source("fallback")],
-            p50_ms: percentile(&latencies, 0.5),
-            p99_ms: percentile(&latencies, 0.99),
-            seconds,
-            upstream_calls,
-            counted_upstream: before.is_some(),
-            breaker: status["pipeline"]["breaker"].clone(),
-            trips: metrics.sample("shout_breaker_transitions_total", &[("state", "open")]),
-            probes: metrics.sample("shout_breaker_transitions_total", &[("state", "half_open")]),
-            fallbacks: metrics.by_label("shout_fallbacks_total", "reason"),
-            attempts: metrics.by_label("shout_upstream_attempts_total", "outcome"),
-            retries: metrics.sum("shout_upstream_retries_total"),
-            first_errors: outcomes.iter().filter(|o| !o.correct).take(5).map(|o| o.error.clone()).collect(),
+        let misses = answers("upstream") + answers("fallback");
+        let transitions = |s: &str| metrics.sample("shout_breaker_transitions_total", &[("state", s)]);
+        let (trips, probes) = (transitions("open"), transitions("half_open"));
+        let fallbacks = metrics.by_label("shout_fallbacks_total", "reason");
+        let attempts = metrics.by_label("shout_upstream_attempts_total", "outcome");
+        let (retries, breaker) = (metrics.sum("shout_upstream_retries_total"), &status["pipeline"]["breaker"]);
+        let first_errors: Vec<&str> =
+            outcomes.iter().filter(|o| !o.correct).take(5).map(|o| o.error.as_str()).collect();
+        self.numbers.push(json!({"mode": label, "correct": correct, "requests": n, "sources": sources,
+            "p50_ms": p50, "p99_ms": p99, "seconds": seconds, "upstream_calls": upstream_calls,
+            "counted_upstream": before.is_some(), "breaker": breaker, "trips": trips, "probes": probes,
+            "fallbacks": fallbacks, "attempts": attempts, "retries": retries, "first_errors": first_errors}));
+        let pairs = |v: &[(String, f64)]| {
+            v.iter().filter(|p| p.1 > 0.0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         };
-        self.target(format!("{label}: 100% correct"), row.correct == n, format!("{}/{n} correct", row.correct));
-        self.target(
-            format!("{label}: p99 < {P99_LIMIT_MS} ms"),
-            row.p99_ms < P99_LIMIT_MS,
-            format!("p99 {:.0} ms", row.p99_ms),
-        );
+        let ([up, cache, fallback], state) = (sources, breaker["state"].as_str().unwrap_or("?"));
+        let calls = format!("{upstream_calls}{}", if before.is_some() { "" } else { "¹" });
+        let (fallbacks, attempts) = (pairs(&fallbacks), pairs(&attempts));
+        self.rows.push(format!(
+            "{label}|{correct}/{n}|{up}/{cache}/{fallback}|{p50:.0} / {p99:.0}|{calls}|{seconds:.1} s|\
+             {state} ({trips}, {probes})|{fallbacks}|{attempts}|{retries}"
+        ));
+
+        let t = &mut self.targets;
+        t.check(format!("{label}: 100% correct"), correct == n, format!("{correct}/{n} correct"));
+        t.check(format!("{label}: p99 < {P99_LIMIT_MS} ms"), p99 < P99_LIMIT_MS, format!("p99 {p99:.0} ms"));
         // N sent -> N counted, by the service's own counters.
         let status_200 = [("http_response_status_code", "200")];
         for (metric, labels) in
             [("shout_answers_total", &[][..]), ("http_server_request_duration_seconds_count", &status_200)]
         {
-            let counted = assert_delta(&Metrics::default(), &metrics, metric, labels, n as f64);
-            self.target(
-                format!("{label}: {metric} counts every request"),
-                counted.is_ok(),
-                counted.err().map_or(format!("{n} counted"), |e| e.to_string()),
-            );
+            let counted = metrics.sample(metric, labels);
+            let measured = format!("{counted} counted of {n}");
+            t.check(format!("{label}: {metric} counts every request"), counted == n as f64, measured);
         }
-        self.target(format!("{label}: every request a cache miss"), misses == n as f64, format!("{misses} misses"));
-        let per_period = upstream_calls / (seconds * 1000.0 / OPEN_MS).max(1.0);
+        t.check(format!("{label}: every request a cache miss"), misses == n as f64, format!("{misses} misses"));
         if class == "hard" || class == "burst" {
+            let per_period = upstream_calls / (seconds * 1000.0 / OPEN_MS).max(1.0);
             let measured = format!("{upstream_calls} calls for {n} requests; {per_period:.1} per {OPEN_MS} ms period");
-            self.target(format!("{label}: upstream calls < 0.5 x requests"), upstream_calls < 0.5 * n as f64, measured);
+            t.check(format!("{label}: upstream calls < 0.5 x requests"), upstream_calls < 0.5 * n as f64, measured);
         }
         if class == "flaky" {
             let measured =
                 format!("{upstream_calls} calls for {misses} misses = {:.2}x", upstream_calls / misses.max(1.0));
-            self.target(format!("{label}: upstream calls <= 1.3 x misses"), upstream_calls <= 1.3 * misses, measured);
+            t.check(format!("{label}: upstream calls <= 1.3 x misses"), upstream_calls <= 1.3 * misses, measured);
         }
-        self.rows.push(row);
         Ok(())
     }
 
@@ -257,21 +226,20 @@ impl Drill {
             let o = shouter.shout(polls, &format!("recover {} #{polls}", self.run_id)).await;
             polls += 1;
             if !o.correct {
-                self.target("recovery: every poll answered correctly", false, o.error);
+                self.targets.check("recovery: every poll answered correctly", false, o.error);
             }
             back = (o.source == "upstream").then(Instant::now);
             tokio::time::sleep_until((t + Duration::from_millis(100)).into()).await;
         }
         proxy.proc.assert_no_panic()?;
-        let measured = back.map_or("no upstream answer within 15 s".into(), |b| {
-            format!(
-                "{:.0} ms after the trip ({:.0} ms after healing, {polls} polls)",
-                (b - tripped).as_secs_f64() * 1e3,
-                (b - healed).as_secs_f64() * 1e3
-            )
-        });
-        let ok = back.is_some_and(|b| (b - tripped).as_secs_f64() * 1e3 <= OPEN_MS + 500.0);
-        self.target("recovery within open period + 500 ms", ok, measured);
+        let ms = |since: Instant| back.map_or(f64::INFINITY, |b| (b - since).as_secs_f64() * 1e3);
+        let measured = match back {
+            Some(_) => {
+                format!("{:.0} ms after the trip ({:.0} ms after healing, {polls} polls)", ms(tripped), ms(healed))
+            }
+            None => "no upstream answer within 15 s".into(),
+        };
+        self.targets.check("recovery within open period + 500 ms", ms(tripped) <= OPEN_MS + 500.0, measured);
         Ok(())
     }
 }
@@ -279,9 +247,10 @@ impl Drill {
 pub async fn run(args: Args) -> Result<()> {
     let (started, fake, reset) = (Instant::now(), Fake::start("drill-fake", &[]).await?, reset_server().await?);
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 100_000;
-    let mut d = Drill { fake, reset, run_id, rows: vec![], targets: vec![], args };
+    let targets = Targets::new("drill");
+    let mut d = Drill { fake, reset, run_id, rows: vec![], numbers: vec![], targets, args };
     let wanted = |name: &str, args: &Args| args.modes.is_empty() || args.modes.iter().any(|m| m == name);
-    let modes: Vec<_> = MODES.into_iter().filter(|m| wanted(m.0, &d.args)).collect();
+    let modes: Vec<Mode> = MODES.into_iter().filter(|m| wanted(m.0, &d.args)).collect();
     for mode in modes {
         let runs = if mode.3 == "flaky" { d.args.flaky_runs } else { 1 };
         for run in 1..=runs {
@@ -297,33 +266,15 @@ pub async fn run(args: Args) -> Result<()> {
     d.fake.proc.assert_no_panic()?;
     let Args { requests, concurrency, hard_down_secs, .. } = d.args;
     let (extra, secs) = (d.args.proxy_arg.join(" "), started.elapsed().as_secs_f64());
-    let mut report = format!(
-        "`cargo xtask drill`: {requests} unique requests per mode, {concurrency} concurrent, hard-down modes over {hard_down_secs} s; proxy defaults with `--breaker-open-ms 2000` {extra}; a fresh proxy per mode; {secs:.0} s.\n\n"
+    let head = format!(
+        "`cargo xtask drill`: {requests} unique requests per mode, {concurrency} concurrent, hard-down modes over {hard_down_secs} s; proxy defaults with `--breaker-open-ms 2000` {extra}; a fresh proxy per mode; {secs:.0} s.\n\n{}\n\
+         Upstream calls: the fake's `GET /control` count, or the connections the reset server accepted; ¹ nothing listens on a refused port, so the proxy's `shout_upstream_attempts_total`.",
+        table(HEADER, &d.rows)
     );
-    let pairs = |v: &[(String, f64)]| {
-        v.iter().filter(|p| p.1 > 0.0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
-    };
-    let mut rows = Vec::new();
-    for r in &d.rows {
-        let (s, b) = (r.sources, r.breaker["state"].as_str().unwrap_or("?"));
-        let calls = format!("{}{}", r.upstream_calls, if r.counted_upstream { "" } else { "¹" });
-        let head = format!(
-            "{}|{}/{}|{}/{}/{}|{:.0} / {:.0}",
-            r.mode, r.correct, r.requests, s[0], s[1], s[2], r.p50_ms, r.p99_ms
-        );
-        let tail = format!("{}|{}|{}", pairs(&r.fallbacks), pairs(&r.attempts), r.retries);
-        rows.push(format!("{head}|{calls}|{:.1} s|{b} ({}, {})|{tail}", r.seconds, r.trips, r.probes));
-    }
-    let header = "mode|correct|upstream/cache/fallback|p50 / p99 ms|upstream calls|duration|breaker at end (trips, probes)|fallbacks by reason|attempts by outcome|retries";
-    report += &table(header, &rows);
-    report += "\nUpstream calls: the fake's `GET /control` count, or the connections the reset server accepted; ¹ nothing listens on a refused port, so the proxy's `shout_upstream_attempts_total`.\n\n";
-    let (targets, missed) = verdict(&d.targets);
-    report += &targets;
-    println!("{report}");
-    std::fs::write(out_dir("")?.join("fault-drill.md"), &report)?;
-    let json = serde_json::to_string_pretty(&json!({"modes": d.rows, "targets": d.targets}))?;
+    d.targets.report(&head, "fault-drill.md")?;
+    let json = serde_json::to_string_pretty(&json!({"modes": d.numbers}))?;
     std::fs::write(out_dir("")?.join("fault-drill.json"), json)?;
-    Ok(missed?)
+    d.targets.verdict()
 }
 
 /// Metric values against a scripted fault timeline, apart from the modes above: after each phase
@@ -332,23 +283,22 @@ pub async fn run(args: Args) -> Result<()> {
 /// `--version` carry HEAD's revision.
 async fn metric_values(d: &mut Drill) -> Result<()> {
     let (proxy, mut sent) = (d.proxy(&d.fake.shout_url(), "metric-values").await?, 0);
+    let shouter = Shouter::new(&proxy.url)?;
     for (phase, knobs, want) in
         [("ok", "{}", "closed"), ("fail", r#"{"mode":"fail"}"#, "open"), ("heal", "{}", "closed")]
     {
         d.fake.set(serde_json::from_str(knobs)?).await?;
         let open_ms = proxy.status().await?["pipeline"]["breaker"]["open_ms_left"].as_u64().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(open_ms + 100)).await;
-        for i in 0..30 {
-            sent += 1;
-            Shouter::new(&proxy.url)?.shout(sent, &format!("{phase} {} #{i}", d.run_id)).await;
-        }
+        let texts: Vec<String> = (0..30).map(|i| format!("{phase} {} #{i}", d.run_id)).collect();
+        sent += shouter.all(&texts, 1).await.len();
         let m = proxy.metrics().await?;
         let answers = m.by_label("shout_answers_total", "source");
         let active = m.has("http_server_active_requests").then(|| m.sum("http_server_active_requests"));
         let state = m.by_label("shout_breaker_state", "state").into_iter().find(|s| s.1 == 1.0).unwrap_or_default().0;
         let ok = answers.iter().map(|a| a.1).sum::<f64>() == sent as f64 && active == Some(0.0) && state == want;
         let target = format!("metric values, {phase}: answers = {sent} sent, 0 active, breaker {want}");
-        d.target(target, ok, format!("answers {answers:?}, active {active:?}, breaker {state}"));
+        d.targets.check(target, ok, format!("answers {answers:?}, active {active:?}, breaker {state}"));
     }
     let run = |cmd: &str, args: &[&str]| std::process::Command::new(cmd).args(args).current_dir(root()).output();
     let head = String::from_utf8_lossy(&run("git", &["rev-parse", "--short=12", "HEAD"])?.stdout).trim().to_owned();
@@ -357,6 +307,6 @@ async fn metric_values(d: &mut Drill) -> Result<()> {
     let info = proxy.metrics().await?.0.into_iter().find(|s| s.name == "shout_build_info").map(|s| s.labels);
     let revision = info.unwrap_or_default().into_iter().find(|l| l.0 == "revision").unwrap_or_default().1;
     let ok = !head.is_empty() && revision == head && version.contains(&head);
-    d.target("build revision is HEAD's", ok, format!("HEAD {head}, build_info {revision}, --version {version}"));
+    d.targets.check("build revision is HEAD's", ok, format!("HEAD {head}, build_info {revision}, --version {version}"));
     proxy.proc.assert_no_panic()
 }

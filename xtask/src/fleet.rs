@@ -10,72 +10,68 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use futures_util::StreamExt;
+use futures_util::future::try_join_all;
 use serde_json::json;
 
+use crate::Targets;
 use crate::client::{Outcome, Shouter, percentile};
 use crate::fake::Fake;
 use crate::proc::{External, Proc, Proxy};
-use crate::verdict;
 
 const KNEE_LATENCY_MS: f64 = 20.0;
 
-/// Shouts `inputs` at `proxies` in turn from the `shift`th, `concurrency` at once.
+/// Shouts `inputs` at `proxies`, input i at the `(shift + i)`th in turn, `concurrency` at once.
 async fn shout_all(proxies: &[Proxy], shift: usize, inputs: &[String], concurrency: usize) -> Result<Vec<Outcome>> {
     let shouters: Vec<Shouter> = proxies.iter().map(|p| Shouter::new(&p.url)).collect::<Result<_>>()?;
-    let mut outcomes = Vec::new();
-    for (c, chunk) in inputs.chunks(concurrency).enumerate() {
-        let calls = chunk.iter().enumerate().map(|(i, text)| shouters[(shift + c + i) % shouters.len()].shout(i, text));
-        outcomes.extend(futures_util::future::join_all(calls).await);
-    }
-    Ok(outcomes)
+    let calls = inputs.iter().enumerate().map(|(i, text)| shouters[(shift + i) % shouters.len()].shout(i, text));
+    Ok(futures_util::stream::iter(calls).buffer_unordered(concurrency).collect().await)
 }
 
-/// One sharing round on fresh inputs: each asked of one instance, then (once written) of the
-/// other two. Passes with one upstream call per input, every answer right, the others' cached.
-async fn share(fake: &Fake, proxies: &[Proxy], tag: &str) -> Result<(bool, String)> {
-    let inputs: Vec<String> = (0..30).map(|i| format!("fleet-{tag}-{i}-é")).collect();
-    let (calls, written) = (fake.calls().await?, set_hits(proxies).await?);
-    let mut outcomes = shout_all(proxies, 0, &inputs, 3).await?;
-    let start = Instant::now();
-    while set_hits(proxies).await? < written + inputs.len() as f64 && start.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut others = Vec::new();
-    for shift in 1..proxies.len() {
-        others.extend(shout_all(proxies, shift, &inputs, 3).await?);
-    }
-    let from_cache = others.iter().filter(|o| o.source == "cache").count();
-    outcomes.extend(others);
-    let (calls, wrong) = (fake.calls().await? - calls, outcomes.iter().filter(|o| !o.correct).count());
-    let m = format!("{calls} calls for 30 inputs, {from_cache}/60 shared, {wrong} wrong");
-    Ok((calls == 30 && from_cache == 60 && wrong == 0, m))
+/// `n` instances named `name-i`, started at once.
+async fn start(n: usize, name: &str, upstream: &str, flags: &[&str]) -> Result<Vec<Proxy>> {
+    try_join_all((0..n).map(|i| async move { Proxy::start(&format!("{name}-{i}"), upstream, flags).await })).await
 }
 
-async fn set_hits(proxies: &[Proxy]) -> Result<f64> {
-    let mut sum = 0.0;
-    for proxy in proxies {
-        sum += proxy.metrics().await?.sample("shout_shared_cache_requests_total", &[("op", "set"), ("result", "hit")]);
-    }
-    Ok(sum)
+/// One sample summed over the instances.
+async fn sum(proxies: &[Proxy], name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    let scrapes = try_join_all(proxies.iter().map(Proxy::metrics)).await?;
+    Ok(scrapes.iter().map(|m| m.sample(name, labels)).sum())
 }
 
-/// Sharing resumes: a round within `within` where the two others answered every input from cache.
-async fn resumes(fake: &Fake, proxies: &[Proxy], tag: &str, within: Duration) -> Result<(bool, String)> {
+/// Sharing rounds on fresh inputs until one passes or `within` has passed (one round at least):
+/// each input asked of one instance, then (once written) of the other two. A round passes with
+/// one upstream call per input, every answer right, the others' answers from the shared cache.
+async fn sharing(t: &mut Targets, target: &str, fake: &Fake, proxies: &[Proxy], within: Duration) -> Result<()> {
+    let written = || sum(proxies, "shout_shared_cache_requests_total", &[("op", "set"), ("result", "hit")]);
     let start = Instant::now();
     loop {
-        let (ok, m) = share(fake, proxies, &format!("{tag}{}", start.elapsed().as_millis())).await?;
+        let round = format!("fleet {target} {}", start.elapsed().as_millis());
+        let inputs: Vec<String> = (0..30).map(|i| format!("{round} #{i} é")).collect();
+        let (calls, before) = (fake.calls().await?, written().await?);
+        let mut outcomes = shout_all(proxies, 0, &inputs, 3).await?;
+        let wait = Instant::now();
+        while written().await? < before + inputs.len() as f64 && wait.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let others = [shout_all(proxies, 1, &inputs, 3).await?, shout_all(proxies, 2, &inputs, 3).await?].concat();
+        let from_cache = others.iter().filter(|o| o.source == "cache").count();
+        outcomes.extend(others);
+        let (calls, wrong) = (fake.calls().await? - calls, outcomes.iter().filter(|o| !o.correct).count());
+        let ok = calls == 30 && from_cache == 60 && wrong == 0;
         if ok || start.elapsed() > within {
-            return Ok((ok, format!("after {:.1} s: {m}", start.elapsed().as_secs_f64())));
+            let took = start.elapsed().as_secs_f64();
+            let measured =
+                format!("after {took:.1} s: {calls} calls for 30 inputs, {from_cache}/60 shared, {wrong} wrong");
+            t.check(target, ok, measured);
+            return Ok(());
         }
     }
 }
 
 /// 48 clients of unique inputs for `secs` against `n` fresh instances, the fake's knee at 8.
-async fn knee(fake: &Fake, n: usize, tag: &str, secs: u64) -> Result<Vec<(String, bool, String)>> {
-    let mut proxies = Vec::new();
-    for i in 0..n {
-        proxies.push(Proxy::start(&format!("fleet-knee-{n}-{i}"), &fake.shout_url(), &[]).await?);
-    }
+async fn knee(t: &mut Targets, fake: &Fake, n: usize, tag: &str, secs: u64) -> Result<()> {
+    let proxies = start(n, &format!("fleet-knee-{n}"), &fake.shout_url(), &[]).await?;
     fake.set(json!({"knee": 8, "latency_ms": KNEE_LATENCY_MS as u64})).await?;
     let stop = Instant::now() + Duration::from_secs(secs);
     let clients = (0..48).map(|c| {
@@ -92,36 +88,26 @@ async fn knee(fake: &Fake, n: usize, tag: &str, secs: u64) -> Result<Vec<(String
             anyhow::Ok(outcomes)
         }
     });
-    let outcomes: Vec<Outcome> = futures_util::future::try_join_all(clients).await?.concat();
+    let outcomes: Vec<Outcome> = try_join_all(clients).await?.concat();
     let mean = fake.control().await?["in_flight"]["mean"].as_f64().unwrap_or(f64::NAN);
-    let mut opened = 0.0;
-    for proxy in proxies {
-        opened += proxy.metrics().await?.sample("shout_breaker_transitions_total", &[("state", "open")]);
-        proxy.proc.assert_no_panic()?;
-    }
+    let opened = sum(&proxies, "shout_breaker_transitions_total", &[("state", "open")]).await?;
+    proxies.iter().try_for_each(|p| p.proc.assert_no_panic())?;
     let upstream = outcomes.iter().filter(|o| o.source == "upstream").count();
     let (wrong, fair) = (outcomes.iter().filter(|o| !o.correct).count(), upstream as f64 / secs as f64);
     let floor = 0.25 * 8.0 * 1000.0 / KNEE_LATENCY_MS; // a quarter of what the knee can serve
     let m = format!("{opened} openings, {wrong} wrong of {}", outcomes.len());
-    Ok(vec![
-        (format!("{tag}: mean in flight at the fake <= 16"), mean <= 16.0, format!("{mean:.1}")),
-        (format!("{tag}: breaker never opened, every answer right"), opened == 0.0 && wrong == 0, m),
-        (format!("{tag}: upstream answers >= {floor:.0}/s"), fair >= floor, format!("{fair:.0}/s, {upstream} answers")),
-    ])
+    t.check(format!("{tag}: mean in flight at the fake <= 16"), mean <= 16.0, format!("{mean:.1}"));
+    t.check(format!("{tag}: breaker never opened, every answer right"), opened == 0.0 && wrong == 0, m);
+    let measured = format!("{fair:.0}/s, {upstream} answers");
+    t.check(format!("{tag}: upstream answers >= {floor:.0}/s"), fair >= floor, measured);
+    Ok(())
 }
 
 pub async fn run() -> Result<()> {
-    let redis_args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
-    let redis = External::start("fleet-redis", "redis-server", &redis_args, "", None).await?;
-    let port = redis.port.to_string();
-    let url = format!("redis://127.0.0.1:{port}/");
+    let (redis, mut t) = (External::redis("fleet-redis").await?, Targets::new("fleet"));
     let fake = Fake::start("fleet-fake", &["--latency-ms", "5"]).await?;
-    let mut proxies = Vec::new();
-    for i in 0..3 {
-        proxies.push(Proxy::start(&format!("fleet-{i}"), &fake.shout_url(), &["--redis-url", &url]).await?);
-    }
-    let (ok, m) = share(&fake, &proxies, "a").await?;
-    let mut targets = vec![("3 instances: one upstream call per input".to_owned(), ok, m)];
+    let proxies = start(3, "fleet", &fake.shout_url(), &["--redis-url", &redis.url()]).await?;
+    sharing(&mut t, "3 instances: one upstream call per input", &fake, &proxies, Duration::ZERO).await?;
     let signal = |s: &str| std::process::Command::new("kill").args([s, &redis.proc.pid().to_string()]).status();
     signal("-STOP")?;
     let inputs: Vec<String> = (0..300).map(|i| format!("paused-{i}")).collect();
@@ -129,20 +115,19 @@ pub async fn run() -> Result<()> {
     let p99 = percentile(&paused.iter().map(|o| o.latency_ms).collect::<Vec<_>>(), 0.99);
     let wrong = paused.iter().filter(|o| !o.correct).count();
     let m = format!("{wrong} wrong of 300, p99 {p99:.0} ms");
-    targets.push(("Redis paused: every answer right, p99 < 0.5 s".into(), wrong == 0 && p99 < 500.0, m));
+    t.check("Redis paused: every answer right, p99 < 0.5 s", wrong == 0 && p99 < 500.0, m);
     signal("-CONT")?;
-    let (ok, m) = resumes(&fake, &proxies, "cont", Duration::from_secs(10)).await?;
-    targets.push(("Redis resumed: sharing resumes by itself".into(), ok, m));
+    sharing(&mut t, "Redis resumed: sharing resumes by itself", &fake, &proxies, Duration::from_secs(10)).await?;
+    let port = redis.port.to_string();
     drop(redis);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let args: Vec<String> = redis_args.iter().map(|a| a.replace("@PORT@", &port)).collect();
+    let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(str::to_owned);
     let _redis = Proc::spawn("fleet-redis-restarted", Path::new("redis-server"), &args)?;
-    let (ok, m) = resumes(&fake, &proxies, "restart", Duration::from_secs(15)).await?;
-    targets.push(("Redis killed, restarted empty: sharing resumes".into(), ok, m));
-    targets.extend(knee(&fake, 1, "1 instance", 8).await?);
-    targets.extend(knee(&fake, 3, "3 instances", 8).await?);
+    let target = "Redis killed, restarted empty: sharing resumes";
+    sharing(&mut t, target, &fake, &proxies, Duration::from_secs(15)).await?;
+    knee(&mut t, &fake, 1, "1 instance", 8).await?;
+    knee(&mut t, &fake, 3, "3 instances", 8).await?;
     proxies.iter().try_for_each(|p| p.proc.assert_no_panic())?;
-    let (report, result) = verdict(&targets);
-    println!("{report}");
-    result.map_err(Into::into)
+    t.report("`cargo xtask fleet`: three instances share a redis-server; the limit at a knee.", "fleet.md")?;
+    t.verdict()
 }

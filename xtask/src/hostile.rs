@@ -17,22 +17,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::StreamExt;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, try_join_all};
 use serde_json::json;
 use shout_proxy::api::observe::METHODS;
 use shout_proxy::telemetry::MAX_LOG_LINE;
 
+use crate::Targets;
 use crate::client::{Outcome, RawClient, Shouter, percentile};
 use crate::fake::Fake;
-use crate::proc::{Proxy, out_dir};
+use crate::proc::Proxy;
+use crate::prom::Metrics;
 
 /// The main proxy's header and body read timeouts, and its breaker's first open period.
 const TIMEOUT_MS: u64 = 1000;
 /// The upstream client logs what it saw of upstream bodies at debug: the user-text check reads that.
 const DEBUG: &str = "info,shout_proxy=debug";
 const COUNT: &str = "http_server_request_duration_seconds_count";
-const FALLBACKS: &str = "shout_fallbacks_total";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,19 +48,13 @@ async fn raw(addr: &str, bytes: &[u8]) -> Result<RawClient> {
     Ok(client)
 }
 
-/// Sends every text from 8 workers.
-async fn shout_all(url: &str, texts: &[String]) -> Result<Vec<Outcome>> {
-    let shouter = Shouter::new(url)?;
-    let all = texts.iter().enumerate().map(|(i, t)| shouter.shout(i, t));
-    Ok(futures_util::stream::iter(all).buffer_unordered(8).collect().await)
+/// How much the sample grew at `proxy` since `before`.
+async fn grew(proxy: &Proxy, before: &Metrics, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    Ok(proxy.metrics().await?.sample(name, labels) - before.sample(name, labels))
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let (started, mut targets, ms) = (Instant::now(), Vec::new(), Duration::from_millis);
-    let mut check = |target: &str, ok: bool, measured: String| {
-        eprintln!("[hostile] {} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
-        targets.push((target.to_owned(), ok, measured));
-    };
+    let (started, mut t, ms) = (Instant::now(), Targets::new("hostile"), Duration::from_millis);
     let correct = |all: &[Outcome], from: &str| all.iter().filter(|o| o.correct && o.source.contains(from)).count();
     let tok = format!("hx{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
     let texts = |what: &str, n| (0..n).map(|i| format!("{what} {tok} #{i} {}", "x".repeat(8192))).collect::<Vec<_>>();
@@ -73,17 +67,17 @@ pub async fn run(args: Args) -> Result<()> {
     flags.extend(["--breaker-open-ms", &timeout].into_iter().chain(args.proxy_arg.iter().map(String::as_str)));
     let proxy = Proxy::start("hostile", &fake.shout_url(), &flags).await?;
     let (stop, shouter, normal_tok) = (Arc::new(AtomicBool::new(false)), Shouter::new(&proxy.url)?, tok.clone());
-    let stopped = stop.clone(); // normal requests until the attacks end
+    let (stopped, normal_shouter) = (stop.clone(), shouter.clone()); // normal requests until the attacks end
     let normal = tokio::spawn(async move {
         let mut out = Vec::new();
         while !stopped.load(Ordering::Relaxed) {
-            out.push(shouter.shout(out.len(), &format!("normal {normal_tok} #{}", out.len())).await);
+            out.push(normal_shouter.shout(out.len(), &format!("normal {normal_tok} #{}", out.len())).await);
             tokio::time::sleep(ms(10)).await;
         }
         out
     });
 
-    let (before, mut answered, other) = (proxy.metrics().await?, 0, [("http_request_method", "_OTHER")]);
+    let (before, mut answered) = (proxy.metrics().await?, 0);
     let json = |a: Vec<u8>| String::from_utf8_lossy(&a).contains("\r\ncontent-type: application/json\r\n");
     for i in 0..50 {
         let method = if i < 30 { format!("X{tok}{i}") } else { format!("{tok}{i}{}", "L".repeat(4096)) };
@@ -91,11 +85,10 @@ pub async fn run(args: Args) -> Result<()> {
         let answer = raw(&proxy.url, head.as_bytes()).await?.closed_within(ms(2000)).await;
         answered += usize::from(answer.is_some_and(|a| a.starts_with(b"HTTP/1.1 4") && json(a)));
     }
-    let other = proxy.metrics().await?.sample(COUNT, &other) - before.sample(COUNT, &other);
+    let other = grew(&proxy, &before, COUNT, &[("http_request_method", "_OTHER")]).await?;
     let measured = format!("{answered} answered JSON 4xx, {other} counted as `_OTHER`");
-    check("50 made-up methods, 20 of 4 KiB: JSON 4xx, `_OTHER`", answered == 50 && other == 50.0, measured);
+    t.check("50 made-up methods, 20 of 4 KiB: JSON 4xx, `_OTHER`", answered == 50 && other == 50.0, measured);
 
-    let status_408 = [("http_response_status_code", "408")];
     let body_head = "POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{";
     let trickles = [
         ("a head trickled after a leading blank line", &proxy.url, &b"\r\n\r\nPOST / HTTP/1.1\r\nX-"[..]),
@@ -119,33 +112,32 @@ pub async fn run(args: Args) -> Result<()> {
     for trickle in trickled {
         let (name, closed) = trickle?;
         let ok = closed.is_some_and(|c| c >= ms(TIMEOUT_MS - 100) && c <= limit);
-        check(&format!("{name}: closed by its timeout, within it + 1 s"), ok, format!("{closed:?}"));
+        t.check(format!("{name}: closed by its timeout, within it + 1 s"), ok, format!("{closed:?}"));
     }
-    let answered = proxy.metrics().await?.sample(COUNT, &status_408) - before.sample(COUNT, &status_408);
+    let answered = grew(&proxy, &before, COUNT, &[("http_response_status_code", "408")]).await?;
     let measured = format!("min {active} of 5 scrapes; {answered} answered 408");
-    check("while the body trickles, active requests >= 1; then 408", active >= 1.0 && answered == 1.0, measured);
+    t.check("while the body trickles, active requests >= 1; then 408", active >= 1.0 && answered == 1.0, measured);
     let body = format!(r#"{{"data":"partial {tok}"}}"#);
     let two = format!("POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
     let at = Instant::now();
     let mut answer = raw(&proxy.url, format!("{two}{body}POST / HTTP/1.1\r\nHo").as_bytes()).await?;
     let ok = answer.closed_within(2 * limit).await.is_some_and(|a| a.starts_with(b"HTTP/1.1 200") && json(a));
     let ok = ok && at.elapsed() <= limit;
-    check("a partial second request: the first answered, closed in time", ok, format!("{:?}", at.elapsed()));
+    t.check("a partial second request: the first answered, closed in time", ok, format!("{:?}", at.elapsed()));
     let mut h2 = raw(&proxy.url, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await?;
     let h2 = h2.closed_within(ms(1000)).await;
     let measured = format!("closed: {}, answered {:?}", h2.is_some(), h2.as_ref().map(|b| b.get(..12)));
-    check("an h2c preface: closed within 1 s, no HTTP/2 frame", h2.is_some_and(|b| !b.starts_with(b"\0")), measured);
+    t.check("an h2c preface: closed within 1 s, no HTTP/2 frame", h2.is_some_and(|b| !b.starts_with(b"\0")), measured);
 
     let stall = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
-    let stalled = join_all((0..500).map(|_| raw(&proxy.url, stall))).await;
-    let mut stalled = stalled.into_iter().collect::<Result<Vec<_>>>()?;
+    let mut stalled = try_join_all((0..500).map(|_| raw(&proxy.url, stall))).await?;
     let (stalled_at, addr) = (Instant::now(), proxy.url.trim_start_matches("http://"));
     let flood = join_all((0..2000).map(|_| tokio::net::TcpStream::connect(addr))).await;
     let flood = flood.iter().filter(|c| c.is_ok()).count();
     let wait = (limit + ms(500)).saturating_sub(stalled_at.elapsed());
     let closed = join_all(stalled.iter_mut().map(|c| c.closed_within(wait))).await.iter().flatten().count();
     let measured = format!("{closed}/500 closed, {flood}/2000 flood connections accepted");
-    check("500 stalled heads beside 2000 flood connections: all closed", closed == 500 && flood == 2000, measured);
+    t.check("500 stalled heads beside 2000 flood connections: all closed", closed == 500 && flood == 2000, measured);
 
     let (http, mut wrong) = (reqwest::Client::new(), Vec::new());
     let nested = format!(r#"{{"data":{}{}}}"#, "[".repeat(30_000), "]".repeat(30_000));
@@ -158,15 +150,14 @@ pub async fn run(args: Args) -> Result<()> {
     }
     // 1 MiB announced, its first 16 KiB sent: the 413 comes before the body is read. (A client
     // that writes all of it races the server's close and may see a reset instead of the 413.)
-    let mut big = RawClient::connect(proxy.url.trim_start_matches("http://")).await?;
     let head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
-    big.send(&[head.as_bytes(), &[b'x'; 16384]], Duration::ZERO).await?;
+    let mut big = raw(&proxy.url, &[head.as_bytes(), &[b'x'; 16384]].concat()).await?;
     let answer = String::from_utf8_lossy(&big.closed_within(ms(2000)).await.unwrap_or_default()).to_lowercase();
     if !answer.starts_with("http/1.1 413") || !answer.contains("\r\ncontent-type: application/json\r\n") {
         wrong.push(format!("1 MiB: {:?}", answer.lines().next()));
     }
     let target = "200; 1 MiB -> 413; 30000-deep JSON -> 400: each with `Content-Type: application/json`";
-    check(target, wrong.is_empty(), wrong.join("; "));
+    t.check(target, wrong.is_empty(), wrong.join("; "));
 
     let cases = [
         ("old_unicode", json!({"old_unicode": true}), "ɤ", "disagreement"),
@@ -176,46 +167,46 @@ pub async fn run(args: Args) -> Result<()> {
     ];
     for (knob, knobs, text, reason) in cases {
         fake.set(knobs).await?;
-        let (before, inputs, reason) = (proxy.metrics().await?, texts(text, 30), [("reason", reason)]);
-        let mut outcomes = shout_all(&proxy.url, &inputs).await?;
-        outcomes.extend(shout_all(&proxy.url, &inputs).await?);
-        let counted = proxy.metrics().await?.sample(FALLBACKS, &reason) - before.sample(FALLBACKS, &reason);
-        let (ok, measured) = (correct(&outcomes, "fallback"), format!("{counted} `{}`", reason[0].1));
+        let (before, inputs) = (proxy.metrics().await?, texts(text, 30));
+        let mut outcomes = shouter.all(&inputs, 8).await;
+        outcomes.extend(shouter.all(&inputs, 8).await);
+        let counted = grew(&proxy, &before, "shout_fallbacks_total", &[("reason", reason)]).await?;
+        let (ok, measured) = (correct(&outcomes, "fallback"), format!("{counted} `{reason}`"));
         let target = format!("{knob}: 30 inputs twice, 60 correct fallbacks (none cached), each counted");
-        check(&target, ok == 60 && counted == 60.0, format!("{ok}/60 correct, {measured}"));
+        t.check(target, ok == 60 && counted == 60.0, format!("{ok}/60 correct, {measured}"));
     }
     let (m, breaker) = (proxy.metrics().await?, proxy.status().await?["pipeline"]["breaker"]["state"].clone());
     let trips = m.sample("shout_breaker_transitions_total", &[("state", "open")]);
     let target = "after the cases by content, beside normal traffic: the breaker closed, never opened";
-    check(target, breaker == "closed" && trips == 0.0, format!("{breaker}, {trips} trips"));
+    t.check(target, breaker == "closed" && trips == 0.0, format!("{breaker}, {trips} trips"));
     fake.set(json!({})).await?;
     stop.store(true, Ordering::Relaxed);
     let normal = normal.await?;
     let latencies: Vec<f64> = normal.iter().map(|o| o.latency_ms).collect();
     let (p50, p99, ok) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99), correct(&normal, ""));
     let measured = format!("{ok}/{} correct, p50 {p50:.2} ms, p99 {p99:.2} ms", normal.len());
-    check("normal requests during the attacks: all correct, p99 < 50 ms", ok == normal.len() && p99 < 50.0, measured);
+    t.check("normal requests during the attacks: all correct, p99 < 50 ms", ok == normal.len() && p99 < 50.0, measured);
 
     fake.set(json!({"mode": "fail", "echo_errors": true, "retry_after": u64::MAX.to_string()})).await?;
-    let ok = correct(&shout_all(&proxy.url, &texts("garbage", 40)).await?, "fallback");
+    let ok = correct(&shouter.all(&texts("garbage", 40), 8).await, "fallback");
     let breaker = proxy.status().await?["pipeline"]["breaker"].clone();
     let target = "failures for all (echoing 8 KiB inputs, `Retry-After` u64::MAX): 40 correct, the breaker open";
-    check(target, ok == 40 && breaker["state"] == "open", format!("{ok}/40 correct, {}", breaker["state"]));
+    t.check(target, ok == 40 && breaker["state"] == "open", format!("{ok}/40 correct, {}", breaker["state"]));
     fake.set(json!({})).await?;
     tokio::time::sleep(ms(breaker["open_ms_left"].as_u64().unwrap_or(0) + TIMEOUT_MS + 500)).await;
     let (m, state) = (proxy.metrics().await?, proxy.status().await?["pipeline"]["breaker"]["state"].clone());
     let ok = state != "open" && m.sample("shout_breaker_state", &[("state", "open")]) == 0.0;
-    check("left idle past the open period, the breaker no longer reports open", ok, format!("{state}"));
+    t.check("left idle past the open period, the breaker no longer reports open", ok, format!("{state}"));
 
     // A second proxy whose breaker does not trip, so every call meets the Retry-After; then its cap.
     let flags = ["--breaker-consecutive-failures", "1000", "--breaker-min-calls", "1000", "--max-connections", "16"];
     let flags = [&flags[..], &["--upstream-limit-min", "128"]].concat();
     let capped = Proxy::start("hostile-second", &fake.shout_url(), &flags).await?;
     let calls = fake.set(json!({"mode": "fail", "retry_after": u64::MAX.to_string()})).await?["calls"].as_u64();
-    let ok = correct(&shout_all(&capped.url, &texts("retry-after", 100)).await?, "fallback");
+    let ok = correct(&Shouter::new(&capped.url)?.all(&texts("retry-after", 100), 8).await, "fallback");
     let calls = fake.calls().await? - calls.unwrap_or(0);
     let target = "100 answered `Retry-After: 18446744073709551615` by the upstream: all correct";
-    check(target, ok == 100 && calls == 100, format!("{ok}/100 correct, {calls} upstream calls"));
+    t.check(target, ok == 100 && calls == 100, format!("{ok}/100 correct, {calls} upstream calls"));
 
     fake.set(json!({})).await?;
     let idle = join_all((0..16).map(|_| raw(&capped.url, b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\ndata=i"))).await;
@@ -224,32 +215,29 @@ pub async fn run(args: Args) -> Result<()> {
     let evicted = capped.metrics().await?.sample("shout_connections_closed_total", &[("reason", "evicted_idle")]);
     let measured = format!("{}/16 idle, new {:.1} ms, {evicted} evicted", idle.len(), new.latency_ms);
     let ok = new.correct && new.latency_ms < 1e3 && idle.iter().all(Result::is_ok);
-    check("the cap (16) full of idle keep-alive connections: a new client answered in 1 s", ok, measured);
+    t.check("the cap (16) full of idle keep-alive connections: a new client answered in 1 s", ok, measured);
 
     let text = reqwest::get(format!("{}/metrics", proxy.admin)).await?.text().await?;
-    let m = crate::prom::Metrics::parse(&text)?;
+    let m = Metrics::parse(&text)?;
     let methods = m.by_label(COUNT, "http_request_method");
     let stray = methods.iter().filter(|(m, _)| !METHODS.contains(&m.as_str())).count();
     let measured = format!("{} bytes, {} method series, {stray} stray", text.len(), methods.len());
-    check("/metrics under 64 KiB; methods the nine and `_OTHER`", text.len() < 65536 && stray == 0, measured);
+    t.check("/metrics under 64 KiB; methods the nine and `_OTHER`", text.len() < 65536 && stray == 0, measured);
     let (active, public) = (m.sum("http_server_active_requests"), [("listener", "public")]);
     let open = m.sample("shout_connections_open", &public);
     let measured = format!("{active} active requests, {open} connections");
-    check("at rest: no active request, no public connection open", active == 0.0 && open == 0.0, measured);
+    t.check("at rest: no active request, no public connection open", active == 0.0 && open == 0.0, measured);
     let (rss, hwm) = proxy.proc.rss_mib();
-    check("RSS under 100 MiB (peak)", hwm < 100.0, format!("VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB"));
+    t.check("RSS under 100 MiB (peak)", hwm < 100.0, format!("VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB"));
     for p in [&proxy.proc, &capped.proc] {
         let log = std::fs::read_to_string(&p.log)?;
         let (longest, leak) = (log.lines().map(str::len).max().unwrap_or(0), log.contains(&tok));
         let ok = p.assert_no_panic().is_ok() && !leak && longest <= MAX_LOG_LINE;
         let measured = format!("{} lines, longest {longest} bytes, user text found: {leak}", log.lines().count());
-        check(&format!("{} log: no panic, no user text, lines <= {MAX_LOG_LINE} bytes", p.name), ok, measured);
+        t.check(format!("{} log: no panic, no user text, lines <= {MAX_LOG_LINE} bytes", p.name), ok, measured);
     }
     fake.proc.assert_no_panic()?;
-    let (table, missed) = crate::verdict(&targets);
     let (took, flags) = (started.elapsed().as_secs_f64(), args.proxy_arg.iter().map(|a| format!(" {a}")));
-    let report = format!("`cargo xtask hostile{}`: {took:.0} s.\n\n{table}", flags.collect::<String>());
-    println!("{report}");
-    std::fs::write(out_dir("")?.join("hostile-drill.md"), report)?;
-    Ok(missed?)
+    t.report(&format!("`cargo xtask hostile{}`: {took:.0} s.", flags.collect::<String>()), "hostile-drill.md")?;
+    t.verdict()
 }
