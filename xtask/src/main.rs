@@ -8,13 +8,12 @@
 //! - `client`: HTTP shouts checked against the crate's transform, raw TCP clients;
 //! - `load`: wrk; `chart`: plotters;
 //! - the commands: `drill` (fault drill), `hostile` (hostile clients and upstream), `bench`
-//!   (benchmark and `reference`, its ceiling), `promcheck` (every dashboard and alert query on a real Prometheus).
+//!   (benchmark and `reference`, its ceiling), `promcheck` (the alerts firing and resolved on a real Prometheus and Alertmanager, every dashboard and alert query).
 //!
 //! Each command exits 0 when every target is met, 1 when one is missed, 2 when it broke.
 
 #![allow(dead_code)] // TRANSITION: shared helpers adopted command by command
 
-mod alerts;
 mod autoscale;
 mod bench;
 mod chart;
@@ -51,7 +50,7 @@ enum Cmd {
         #[arg(default_value = "127.0.0.1:18090")]
         listen: String,
     },
-    /// Every dashboard and alert query parses and returns data on a real Prometheus.
+    /// The alerts silent, firing, resolved on real Prometheus and Alertmanager; every dashboard and alert query.
     Promcheck(promcheck::Args),
     /// Runs an outside tool against a fresh shout-proxy (`BASE_URL`) and fake upstream (`FAKE_URL`);
     /// fails when the tool does, a process panics or a first shout is wrong.
@@ -63,8 +62,6 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-    /// The alert rules end to end: real Prometheus and Alertmanager, a failing then healed upstream.
-    Alerts,
     /// Three instances share a real redis-server; Redis paused, killed, restarted; the adaptive limit at a knee.
     Fleet,
     /// The HPA simulated on real replicas and a real Prometheus (docs/autoscaling.md).
@@ -170,7 +167,6 @@ async fn main() -> std::process::ExitCode {
         Cmd::Reference { listen } => bench::reference(&listen).await,
         Cmd::Promcheck(args) => promcheck::run(args).await,
         Cmd::With { no_fake, command } => with(no_fake, &command).await,
-        Cmd::Alerts => alerts::run().await,
         Cmd::Fleet => fleet::run().await,
         Cmd::Autoscale(args) => autoscale::run(args).await,
     };

@@ -1,14 +1,25 @@
-//! The query check: shout-proxy under a scripted load (flaky, slow, failing, healed upstream)
-//! scraped every second by a real Prometheus with the alert rules loaded, then every dashboard
-//! and alert query run through Prometheus's HTTP API.
+//! `cargo xtask promcheck`: the shipped alert rules, dashboard and runbook against the release
+//! `shout-proxy` (the fake upstream behind it, a real redis-server for the shared-cache panels),
+//! a real Prometheus scraping it every second with the rules loaded, and a real Alertmanager
+//! delivering to a webhook served here. One run, three parts:
 //!
-//! What it proves: every contract metric is exported and shown by the dashboard; the dashboard
-//! is importable by the Grafana sidecar (no `__inputs`, a datasource variable, unique panel ids,
-//! no overlaps); every query parses, and every dashboard query on our own metrics returns data;
-//! the names a query uses exist (metric names in the exposition, label names on the metric,
-//! `=` values among those seen; names come from `promql-parser`, so `or vector(0)` cannot hide a
-//! misspelt metric); every alert is healthy and its runbook link, the runbook's panel
-//! references and `/status` fields exist; `promtool check metrics` has nothing to say.
+//! 1. Alerts. The rules are never edited for the run: every `for:` and range window is divided
+//!    by [`SCALE`] (`prom::scale_duration`, `prom::scale_ranges`: `for: 5m` -> 10 s, `[5m]` ->
+//!    10 s, `[1m]` -> 4 s), so the 100-answer floor per window holds at more than 10 requests a
+//!    second, which the load sends. An idle and a healthy service raise nothing (not even a
+//!    pending alert; under load the floor is met); a failing upstream makes exactly
+//!    `ShoutBreakerOpen` and `ShoutFallbackRatioHigh` arrive as firing, a healed one makes them
+//!    arrive resolved; every answer meanwhile is the crate's transform.
+//! 2. Scripted load on every public path (unique and repeated inputs, JSON and form, malformed
+//!    JSON, a missing field, an unknown path, /health): a flaky, slow, failing, healed upstream.
+//! 3. Queries. Every contract metric is exported and shown by the dashboard; the dashboard is
+//!    importable by the Grafana sidecar (no `__inputs`, a datasource variable, unique panel ids,
+//!    no overlaps); every query parses, and every dashboard query on our own metrics returns
+//!    data; the names a query uses exist (metric names in the exposition, label names on the
+//!    metric, `=` values among those seen; names come from `promql-parser`, so `or vector(0)`
+//!    cannot hide a misspelt metric); every alert is healthy and its runbook link, the runbook's
+//!    panel references and `/status` fields exist; `promtool check metrics` has nothing to say.
+//!
 //! The static checks (promtool rules and tests, k8s copies, kustomize) stay in
 //! `.ci/prometheus-check.sh`, which calls this.
 
@@ -17,17 +28,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use poem::{EndpointExt, Route, handler, listener::Acceptor as _, post, web::Data, web::Json};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr};
+use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::{Value, json};
+use serde_yaml::Value as Yaml;
 
-use crate::Missed;
+use crate::Targets;
+use crate::client::Shouter;
 use crate::fake::Fake;
-use crate::proc::{External, Proxy, root};
-use crate::prom::Metrics;
+use crate::proc::{External, Proxy, out_dir, root};
+use crate::prom::{Metrics, scale_duration, scale_ranges};
 
 #[derive(clap::Args)]
 pub struct Args {}
+
+/// Every `for:` and range window of the rules is divided by this.
+const SCALE: f64 = 30.0;
+/// What the failing upstream must raise, and nothing else.
+const EXPECTED: [&str; 2] = ["ShoutBreakerOpen", "ShoutFallbackRatioHigh"];
 
 /// Metric families of the contract; `:h` marks a histogram (`_bucket`, `_count`, `_sum`).
 const CONTRACT: &str =
@@ -45,6 +65,7 @@ const SCENARIO: &str = r#"shout_answers_total{source="upstream"} shout_answers_t
     shout_upstream_attempts_total{outcome="server_error"} shout_upstream_attempts_total{outcome="timeout"}
     shout_upstream_retries_total shout_breaker_transitions_total{state="open"} shout_breaker_transitions_total{state="half_open"}
     shout_breaker_transitions_total{state="closed"}
+    http_server_request_duration_seconds_count{http_response_status_code="200"}
     http_server_request_duration_seconds_count{http_response_status_code="400"}
     http_server_request_duration_seconds_count{http_response_status_code="404"}"#;
 /// kube-state-metrics series: no kube-state-metrics runs here, so a query made only of these
@@ -74,35 +95,33 @@ struct Names {
     grouping: BTreeSet<String>,
 }
 
-fn walk(e: &Expr, n: &mut Names) {
-    let selector = |vs: &parser::VectorSelector, n: &mut Names| {
-        let name = vs.name.clone().unwrap_or_default();
-        n.metrics.insert(name.clone());
-        for m in &vs.matchers.matchers {
-            n.matchers.push((name.clone(), m.name.clone(), matches!(m.op, MatchOp::Equal), m.value.clone()));
-        }
-    };
-    match e {
-        Expr::Aggregate(a) => {
-            n.grouping.extend(a.modifier.iter().flat_map(|m| m.labels().labels.iter().cloned()));
-            walk(&a.expr, n);
-            a.param.iter().for_each(|p| walk(p, n));
-        }
-        Expr::Unary(u) => walk(&u.expr, n),
-        Expr::Binary(b) => {
-            if let Some(m) = &b.modifier {
-                n.grouping.extend(m.matching.iter().flat_map(|l| l.labels().labels.iter().cloned()));
-                n.grouping.extend(m.card.labels().into_iter().flat_map(|l| l.labels.iter().cloned()));
+impl ExprVisitor for Names {
+    type Error = String;
+
+    fn pre_visit(&mut self, e: &Expr) -> Result<bool, String> {
+        let vs = match e {
+            Expr::Aggregate(a) => {
+                self.grouping.extend(a.modifier.iter().flat_map(|m| m.labels().labels.iter().cloned()));
+                a.param.iter().try_for_each(|p| walk_expr(self, p).map(drop))?; // topk(k, ...) and the like
+                return Ok(true);
             }
-            walk(&b.lhs, n);
-            walk(&b.rhs, n);
+            Expr::Binary(b) => {
+                if let Some(m) = &b.modifier {
+                    self.grouping.extend(m.matching.iter().flat_map(|l| l.labels().labels.iter().cloned()));
+                    self.grouping.extend(m.card.labels().into_iter().flat_map(|l| l.labels.iter().cloned()));
+                }
+                return Ok(true);
+            }
+            Expr::VectorSelector(vs) => vs,
+            Expr::MatrixSelector(ms) => &ms.vs,
+            _ => return Ok(true),
+        };
+        let name = vs.name.clone().unwrap_or_default();
+        self.metrics.insert(name.clone());
+        for m in &vs.matchers.matchers {
+            self.matchers.push((name.clone(), m.name.clone(), matches!(m.op, MatchOp::Equal), m.value.clone()));
         }
-        Expr::Paren(p) => walk(&p.expr, n),
-        Expr::Subquery(s) => walk(&s.expr, n),
-        Expr::VectorSelector(vs) => selector(vs, n),
-        Expr::MatrixSelector(ms) => selector(&ms.vs, n),
-        Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, n)),
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        Ok(true)
     }
 }
 
@@ -110,26 +129,25 @@ struct Check {
     prom: String,
     http: reqwest::Client,
     exposition: Exposition,
-    failures: Vec<String>,
+    t: Targets,
 }
 
 impl Check {
     fn fail(&mut self, msg: String) {
-        self.failures.push(msg);
+        self.t.check(msg, false, "");
     }
 
     async fn api(&self, path: &str, query: &[(&str, &str)]) -> Result<Value> {
         Ok(self.http.get(format!("{}{path}", self.prom)).query(query).send().await?.json().await?)
     }
 
-    /// (parsed, results, error).
-    async fn query(&self, expr: &str) -> Result<(bool, usize, String)> {
+    /// The number of series `expr` returns, or Prometheus's error.
+    async fn query(&self, expr: &str) -> Result<Result<usize, String>> {
         let body = self.api("/api/v1/query", &[("query", expr)]).await?;
         if body["status"] != "success" {
-            return Ok((false, 0, format!("{}: {}", body["errorType"], body["error"])));
+            return Ok(Err(format!("{}: {}", body["errorType"], body["error"])));
         }
-        let r = &body["data"]["result"];
-        Ok((true, r.as_array().map_or(1, Vec::len), String::new()))
+        Ok(Ok(body["data"]["result"].as_array().map_or(1, Vec::len)))
     }
 
     /// Fails on names the service does not export; returns the query's metric names.
@@ -142,7 +160,7 @@ impl Check {
             }
         };
         let mut n = Names::default();
-        walk(&ast, &mut n);
+        walk_expr(&mut n, &ast).ok(); // the visitor never fails
         n.metrics.remove("");
         if n.metrics.is_empty() {
             self.fail(format!("{id}: no metric name in {expr:?}"));
@@ -201,21 +219,16 @@ fn walk_panels(panels: &Value, out: &mut Vec<Value>) {
 /// Sidecar-importable: no __inputs, a datasource variable, namespace/pod query variables,
 /// unique panel ids, no overlapping panels, every panel on `${datasource}` with a query.
 fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
-    if dash.get("__inputs").is_some()
-        || dash["schemaVersion"].as_u64().unwrap_or(0) < 36
-        || text(&dash["uid"]).is_empty()
-    {
-        c.fail("dashboard: has __inputs, schemaVersion < 36 or no uid".into());
-    }
+    let ok =
+        dash.get("__inputs").is_none() && dash["schemaVersion"].as_u64() >= Some(36) && !text(&dash["uid"]).is_empty();
+    c.t.check("dashboard: no __inputs, schemaVersion >= 36, a uid", ok, "");
     let vars = dash["templating"]["list"].as_array().cloned().unwrap_or_default();
     let var = |name: &str| vars.iter().find(|v| v["name"] == name).cloned().unwrap_or(Value::Null);
-    if var("datasource")["type"] != "datasource"
-        || var("datasource")["query"] != "prometheus"
-        || var("namespace")["type"] != "query"
-        || var("pod")["type"] != "query"
-    {
-        c.fail("dashboard lacks a datasource/prometheus variable or namespace/pod query variables".into());
-    }
+    let ok = var("datasource")["type"] == "datasource"
+        && var("datasource")["query"] == "prometheus"
+        && var("namespace")["type"] == "query"
+        && var("pod")["type"] == "query";
+    c.t.check("dashboard: a datasource/prometheus variable, namespace/pod query variables", ok, "");
     let mut boxes: Vec<(u64, [u64; 4])> = Vec::new();
     for p in panels {
         let id = p["id"].as_u64().unwrap_or(0);
@@ -232,12 +245,8 @@ fn check_dashboard(dash: &Value, panels: &[Value], c: &mut Check) {
         if p["type"] == "row" {
             continue;
         }
-        let targets = p["targets"].as_array().cloned().unwrap_or_default();
-        if targets.is_empty()
-            || std::iter::once(&p["datasource"])
-                .chain(targets.iter().map(|t| &t["datasource"]))
-                .any(|d| d["uid"] != "${datasource}")
-        {
+        let targets: Vec<&Value> = items(&p["targets"]).collect();
+        if targets.is_empty() || std::iter::once(p).chain(targets).any(|t| t["datasource"]["uid"] != "${datasource}") {
             c.fail(format!("panel {id} ({}): no query, or a datasource other than ${{datasource}}", p["title"]));
         }
     }
@@ -258,18 +267,14 @@ fn check_runbook(runbook: &str, dash: &Value, status: &Value, c: &mut Check) -> 
         }
     }
     let refs: Vec<&str> = flat.split("**").skip(1).step_by(2).filter(|s| s.contains(" › ")).collect();
-    if refs.is_empty() {
-        c.fail("the runbook names no dashboard panel (**Row › Panel**)".into());
-    }
+    c.t.check("the runbook names dashboard panels (**Row › Panel**)", !refs.is_empty(), refs.len().to_string());
     for r in refs.iter().filter(|r| !panels.contains(**r)) {
         c.fail(format!("the runbook names panel **{r}**, which the dashboard does not have"));
     }
     let is_field =
         |s: &&str| s.starts_with("pipeline.") && s.chars().all(|ch| ch.is_ascii_lowercase() || "_.".contains(ch));
     let fields: BTreeSet<&str> = flat.split('`').skip(1).step_by(2).filter(is_field).collect();
-    if fields.is_empty() {
-        c.fail("the runbook names no /status field".into());
-    }
+    c.t.check("the runbook names /status fields", !fields.is_empty(), fields.len().to_string());
     for f in fields {
         if f.split('.').try_fold(status, |node, key| node.get(key)).is_none() {
             c.fail(format!("the runbook names /status field {f}, which /status does not have"));
@@ -289,118 +294,170 @@ fn check_runbook(runbook: &str, dash: &Value, status: &Value, c: &mut Check) -> 
         .collect()
 }
 
-/// Four clients looping over every public path (unique and repeated inputs, JSON and form,
-/// malformed JSON, a missing field, an unknown path, /health) until `secs` pass.
-async fn load(url: &str, secs: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    let client = |id: u64| async move {
-        let (http, mut i) = (reqwest::Client::new(), 0u64);
-        while Instant::now() < until {
-            i += 1;
-            let json =
-                |body: String| http.post(format!("{url}/v1")).header("content-type", "application/json").body(body);
-            let form = |body: String| {
-                http.post(format!("{url}/v1/")).header("content-type", "application/x-www-form-urlencoded").body(body)
-            };
-            let mut requests = vec![
-                json(format!(r#"{{"data": "json {id} {i}"}}"#)),
-                json(format!(r#"{{"data": "hello cache {}"}}"#, i % 7)),
-                form(format!("data=form+{id}+{i}")),
-                form(format!("data=form+repeated+{}", i % 5)),
-            ];
-            if i.is_multiple_of(5) {
-                requests.extend([json(r#"{"data": "#.into()), json(r#"{"other": "x"}"#.into())]);
-                requests.extend([http.get(format!("{url}/no/such")), http.get(format!("{url}/health"))]);
+/// `prometheus/alerts.yaml` with every `for:` (at least 2 s) and range window (at least 4 s)
+/// divided by [`SCALE`].
+fn scaled_rules() -> Result<String> {
+    let mut doc: Yaml = serde_yaml::from_str(&std::fs::read_to_string(root().join("prometheus/alerts.yaml"))?)?;
+    for group in doc.get_mut("groups").and_then(Yaml::as_sequence_mut).context("no groups")? {
+        for rule in group.get_mut("rules").and_then(Yaml::as_sequence_mut).context("no rules")? {
+            if let Some(f) = rule.get_mut("for") {
+                *f = scale_duration(f.as_str().context("for: is not a string")?, SCALE, 2000.0)?.into();
             }
-            for r in requests {
-                let code = r.timeout(Duration::from_secs(5)).send().await.map_or(0, |r| r.status().as_u16());
-                *codes.lock().expect("no panics while held").entry(code).or_default() += 1;
+            let expr = rule.get_mut("expr").context("a rule without expr")?;
+            *expr = scale_ranges(expr.as_str().context("expr is not a string")?, SCALE, 4000.0)?.into();
+        }
+    }
+    Ok(serde_yaml::to_string(&doc)?)
+}
+
+/// (alertname, status) in the order Alertmanager delivered them.
+type Delivered = Arc<Mutex<Vec<(String, String)>>>;
+
+#[handler]
+fn webhook(Json(body): Json<Value>, got: Data<&Delivered>) {
+    let alerts =
+        items(&body["alerts"]).map(|a| (text(&a["labels"]["alertname"]).to_owned(), text(&a["status"]).to_owned()));
+    got.lock().map(|mut g| g.extend(alerts)).ok();
+}
+
+/// Alert names delivered with `status` (`None`: any).
+fn delivered(got: &Delivered, status: Option<&str>) -> BTreeSet<String> {
+    let got = got.lock().map(|g| g.clone()).unwrap_or_default();
+    got.into_iter().filter(|(_, s)| status.is_none_or(|w| s == w)).map(|(n, _)| n).collect()
+}
+
+/// Part 1: silent while idle and healthy, then exactly [`EXPECTED`] firing and resolved.
+async fn alert_phases(c: &mut Check, proxy: &Proxy, fake: &Fake, got: &Delivered) -> Result<()> {
+    let (started, expected) = (Instant::now(), BTreeSet::from(EXPECTED.map(String::from)));
+    let mut load = None;
+    // Silent phases: nothing delivered, nothing even pending (a target down would raise
+    // ShoutNoTargetsUp), and under load the answers clear the alerts' 100-answer floor.
+    for (phase, secs) in [("idle", 25), ("healthy", 30)] {
+        if phase == "healthy" {
+            let shouter = Shouter::new(&proxy.url)?;
+            load = Some(tokio::spawn(async move {
+                let mut i = 0;
+                while shouter.shout(i, &format!("alert drill {i}")).await.correct {
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(15)).await; // about 50 requests a second
+                }
+                i
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let alerts = c.query(&format!("max_over_time(ALERTS[{secs}s])")).await?.map_err(anyhow::Error::msg)?;
+        let floor = c.query("sum(increase(shout_answers_total[10s])) >= 100").await?.map_err(anyhow::Error::msg)?;
+        let seen = format!("{alerts} alerts, delivered {:?}, floor met {floor}", delivered(got, None));
+        let silent = alerts == 0 && delivered(got, None).is_empty() && floor == usize::from(phase == "healthy");
+        c.t.check(format!("alerts: {phase} {secs} s: none, not even pending"), silent, seen);
+    }
+    for (knobs, status) in [(json!({"mode": "fail"}), "firing"), (json!({}), "resolved")] {
+        fake.set(knobs).await?;
+        let phase = Instant::now();
+        while delivered(got, Some(status)) != expected && phase.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let seen = format!("{:?} at {} s", delivered(got, Some(status)), started.elapsed().as_secs());
+        c.t.check(format!("alerts: exactly the expected {status}"), delivered(got, Some(status)) == expected, seen);
+    }
+    let all = delivered(got, None);
+    c.t.check(format!("alerts: nothing but {EXPECTED:?} delivered"), all == expected, format!("{all:?}"));
+    let load = load.context("the healthy phase starts the load")?;
+    let wrong = if load.is_finished() {
+        Some(load.await?)
+    } else {
+        load.abort();
+        None
+    };
+    c.t.check("alerts: every answer is the transform", wrong.is_none(), format!("wrong answer: request {wrong:?}"));
+    Ok(())
+}
+
+/// Four clients looping over every public path (unique and repeated inputs, JSON and form,
+/// malformed JSON, a missing field, an unknown path, /health) until `secs` pass. The status
+/// codes are judged on the service's own counts, through Prometheus ([`SCENARIO`]).
+async fn load(url: &str, secs: u64) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let (shouter, http) = (Shouter::new(url)?, reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?);
+    let client = |id: usize| {
+        let (shouter, http) = (shouter.clone(), http.clone());
+        async move {
+            let mut i = 0;
+            while Instant::now() < until {
+                i += 1;
+                shouter.shout(i, &format!("load {id} {i}")).await;
+                shouter.shout(i, &format!("hello cache {}", i % 7)).await;
+                if i.is_multiple_of(5) {
+                    let json =
+                        |body| http.post(format!("{url}/v1")).header("content-type", "application/json").body(body);
+                    let odd = [json(r#"{"data": "#), json(r#"{"other": "x"}"#), http.get(format!("{url}/no/such"))];
+                    for request in odd.into_iter().chain([http.get(format!("{url}/health"))]) {
+                        let _ = request.send().await; // judged on the service's own counts
+                    }
+                }
             }
         }
     };
     futures_util::future::join_all((0..4).map(client)).await;
+    Ok(())
 }
 
-async fn load_until(proxy: &Proxy, state: &str, max: u64, codes: &Arc<Mutex<BTreeMap<u16, u64>>>) -> Result<()> {
+async fn load_until(proxy: &Proxy, state: &str, max: u64) -> Result<()> {
     let start = Instant::now();
     while proxy.metrics().await?.sample("shout_breaker_state", &[("state", state)]) != 1.0 {
         if start.elapsed() > Duration::from_secs(max) {
             bail!("the breaker did not reach {state} within {max} s");
         }
-        load(&proxy.url, 5, codes).await;
+        load(&proxy.url, 5).await?;
     }
     eprintln!("[promcheck] breaker: {state}");
     Ok(())
 }
 
-pub async fn run(_: Args) -> Result<()> {
-    let started = Instant::now();
-    let fake = Fake::start("promcheck-fake", &["--failure-rate", "0.3", "--latency-ms", "5"]).await?;
-    // A real redis-server behind the proxy, so the shared-cache panels have series too.
-    let redis_args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
-    let redis = External::start("promcheck-redis", "redis-server", &redis_args, "", None).await?;
-    let redis_url = format!("redis://127.0.0.1:{}/", redis.port);
-    let flags = ["--breaker-open-ms", "1000", "--breaker-max-open-ms", "4000", "--redis-url", &redis_url];
-    let proxy = Proxy::start("promcheck-proxy", &fake.shout_url(), &flags).await?;
-    let config = std::fs::read_to_string(root().join("prometheus/prometheus-check.yml"))?
-        .replace("@ADMIN_TARGET@", proxy.admin.trim_start_matches("http://"))
-        .replace("@RULES_FILE@", &root().join("prometheus/alerts.yaml").canonicalize()?.display().to_string());
-    let flags = "--config.file=@DIR@/config --storage.tsdb.path=@DIR@/data --web.listen-address=127.0.0.1:@PORT@";
-    let flags: Vec<&str> = flags.split(' ').chain(["--log.level=warn"]).collect();
-    let prometheus = External::start("promcheck-prometheus", "prometheus", &flags, &config, Some("/-/ready")).await?;
-    let codes = Arc::new(Mutex::new(BTreeMap::new()));
+/// Part 2: a flaky, slow, failing, then healed upstream under [`load`].
+async fn load_phases(proxy: &Proxy, fake: &Fake) -> Result<()> {
+    let flaky = json!({"latency_ms": 5, "failure_rate": 0.3});
     eprintln!("[promcheck] load: flaky upstream (30 % failures), 20 s");
-    load(&proxy.url, 20, &codes).await;
+    fake.set(flaky.clone()).await?;
+    load(&proxy.url, 20).await?;
     eprintln!("[promcheck] load: slow upstream (400 ms > attempt timeout), 10 s");
     fake.set(json!({"latency_ms": 400})).await?;
-    load(&proxy.url, 10, &codes).await;
+    load(&proxy.url, 10).await?;
     eprintln!("[promcheck] load: failing upstream until the breaker opens, then 5 s");
     fake.set(json!({"mode": "fail", "latency_ms": 5})).await?;
-    load_until(&proxy, "open", 40, &codes).await?;
-    load(&proxy.url, 5, &codes).await;
+    load_until(proxy, "open", 40).await?;
+    load(&proxy.url, 5).await?;
     eprintln!("[promcheck] load: flaky again until the breaker closes, then 10 s");
-    fake.set(json!({"latency_ms": 5, "failure_rate": 0.3})).await?;
-    load_until(&proxy, "closed", 60, &codes).await?;
-    load(&proxy.url, 10, &codes).await;
+    fake.set(flaky).await?;
+    load_until(proxy, "closed", 60).await?;
+    load(&proxy.url, 10).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(())
+}
 
+/// Part 3: the exposition, the dashboard, the runbook and every query.
+async fn query_checks(c: &mut Check, proxy: &Proxy) -> Result<()> {
     let exposed = reqwest::get(format!("{}/metrics", proxy.admin)).await?.text().await?;
     let metrics = Metrics::parse(&exposed)?;
-    let status = proxy.status().await?;
-    let mut exposition = Exposition::new();
     for s in &metrics.0 {
-        let labels = exposition.entry(s.name.clone()).or_default();
+        let labels = c.exposition.entry(s.name.clone()).or_default();
         for (k, v) in &s.labels {
             labels.entry(k.clone()).or_default().insert(v.clone());
-        }
-    }
-    let prom = format!("http://127.0.0.1:{}", prometheus.port);
-    let mut c = Check { prom, http: reqwest::Client::new(), exposition, failures: vec![] };
-    let codes = codes.lock().map(|c| c.clone()).unwrap_or_default();
-    eprintln!("[promcheck] responses by status: {codes:?}");
-    for want in [200, 400, 404] {
-        if codes.get(&want).copied().unwrap_or(0) == 0 {
-            c.fail(format!("the load produced no {want}"));
         }
     }
     for q in SCENARIO.split_whitespace().map(|s| format!("sum({s})")) {
         let body = c.api("/api/v1/query", &[("query", &q)]).await?;
         let v: f64 = body["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        eprintln!("  {q:<90} {v}");
-        if v <= 0.0 {
-            c.fail(format!("the run never produced {q}"));
-        }
+        c.t.check(format!("the run produced {q}"), v > 0.0, v.to_string());
     }
-    let metrics_file = crate::proc::out_dir("promcheck-prometheus")?.join("metrics.txt");
+    let metrics_file = out_dir("promcheck-prometheus")?.join("metrics.txt");
     std::fs::write(&metrics_file, &exposed)?;
     let lint = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(&metrics_file)?)
         .output()?;
     let lint = format!("{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
-    if !lint.trim().is_empty() {
-        c.fail(format!("promtool check metrics complained: {}", lint.chars().take(2000).collect::<String>()));
-    }
+    c.t.check("promtool check metrics: silent", lint.trim().is_empty(), lint.chars().take(2000).collect::<String>());
     let contract: Vec<(&str, bool)> =
         CONTRACT.split_whitespace().map(|f| (f.trim_end_matches(":h"), f.ends_with(":h"))).collect();
     for (family, histogram) in &contract {
@@ -413,43 +470,38 @@ pub async fn run(_: Args) -> Result<()> {
     let runbook = std::fs::read_to_string(root().join("docs/runbook.md"))?;
     let mut panels = Vec::new();
     walk_panels(&dash["panels"], &mut panels);
-    check_dashboard(&dash, &panels, &mut c);
-    let anchors = check_runbook(&runbook, &dash, &status, &mut c);
+    check_dashboard(&dash, &panels, c);
+    let anchors = check_runbook(&runbook, &dash, &proxy.status().await?, c);
     let vars = [("__rate_interval", "1m"), ("namespace", "shout-ci"), ("pod", "shout-proxy-ci-0")];
     let vars = vars.into_iter().flat_map(|(k, v)| [(format!("${{{k}}}"), v), (format!("${k}"), v)]);
     let substitute = |e: &str| vars.clone().fold(e.to_owned(), |e, (var, value)| e.replace(&var, value));
-    let (mut rows, mut used) = (Vec::new(), BTreeSet::new());
+    let mut used = BTreeSet::new();
     for v in items(&dash["templating"]["list"]).filter(|v| v["type"] == "query") {
+        let id = format!("var:{}", text(&v["name"]));
         let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or("");
         let Some((expr, label)) =
             q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).and_then(|r| r.rsplit_once(','))
         else {
-            c.fail(format!("var:{}: not a label_values(expr, label) query: {q:?}", v["name"]));
+            c.fail(format!("{id}: not a label_values(expr, label) query: {q:?}"));
             continue;
         };
         let (expr, label) = (substitute(expr), label.trim());
-        used.extend(c.names(&format!("var:{}", v["name"]), &expr));
-        let (ok, n, err) = c.query(&format!("count by ({label}) ({expr})")).await?;
-        if !ok || n == 0 {
-            c.fail(format!("var:{}: {err} (label {label} resolves to {n} values)", v["name"]));
-        }
-        rows.push(format!("var:{} {n}", v["name"]));
+        used.extend(c.names(&id, &expr));
+        let values = c.query(&format!("count by ({label}) ({expr})")).await?;
+        c.t.check(format!("{id}: {label} has values"), values.as_ref().is_ok_and(|n| *n > 0), format!("{values:?}"));
     }
     for p in &panels {
         for t in items(&p["targets"]).filter(|t| t["expr"].is_string()) {
-            let id = format!("panel{}/{}", p["id"], text(&t["refId"]));
+            let id = format!("panel{}/{} ({})", p["id"], text(&t["refId"]), text(&p["title"]));
             let expr = substitute(text(&t["expr"]));
             let names = c.names(&id, &expr);
+            // No kube-state-metrics runs here: a query made only of its series may be empty.
             let ksm_only = !names.is_empty() && names.iter().all(|n| is_ksm(n));
             used.extend(names);
-            let (ok, n, err) = c.query(&expr).await?;
-            if !ok || (n == 0 && !ksm_only) {
-                c.fail(format!("{id} ({}): {}", p["title"], if ok { format!("no data for {expr:?}") } else { err }));
-            }
-            rows.push(format!(
-                "{id} {n}{}",
-                if ksm_only && n == 0 { " (kube-state-metrics only: empty allowed)" } else { "" }
-            ));
+            let series = c.query(&expr).await?;
+            let ok = series.as_ref().is_ok_and(|n| *n > 0 || ksm_only);
+            let target = if ksm_only { "parses (kube-state-metrics only)" } else { "returns data" };
+            c.t.check(format!("{id}: {target}"), ok, format!("{series:?} for {expr:?}"));
         }
     }
     for (family, histogram) in &contract {
@@ -457,52 +509,78 @@ pub async fn run(_: Args) -> Result<()> {
             c.fail(format!("contract metric {family} is not shown by any dashboard query"));
         }
     }
-    let alerts_yaml = std::fs::read_to_string(root().join("prometheus/alerts.yaml"))?;
-    let expected = alerts_yaml.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
+    let expected = std::fs::read_to_string(root().join("prometheus/alerts.yaml"))?
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
     let loaded = c.api("/api/v1/rules", &[]).await?;
     let rules: Vec<&Value> =
         items(&loaded["data"]["groups"]).flat_map(|g| items(&g["rules"])).filter(|r| r["type"] == "alerting").collect();
-    if rules.len() != expected {
-        c.fail(format!("Prometheus loaded {} alerting rules, alerts.yaml has {expected}", rules.len()));
-    }
+    c.t.check(format!("{expected} alerting rules loaded"), rules.len() == expected, rules.len().to_string());
     for r in &rules {
         let id = format!("alert:{}", text(&r["name"]));
         let url = text(&r["annotations"]["runbook_url"]);
         let anchor_ok = url
             .split_once('#')
             .is_some_and(|(page, anchor)| page.ends_with("docs/runbook.md") && anchors.contains(anchor));
-        if r["health"] != "ok"
-            || !anchor_ok
-            || r["annotations"]["summary"].is_null()
-            || r["annotations"]["description"].is_null()
-            || !["critical", "warning"].contains(&text(&r["labels"]["severity"]))
-        {
-            c.fail(format!("{id}: health {}, runbook_url {url:?} (a heading of docs/runbook.md?), summary, description, severity critical|warning", r["health"]));
-        }
+        let ok = r["health"] == "ok"
+            && anchor_ok
+            && !r["annotations"]["summary"].is_null()
+            && !r["annotations"]["description"].is_null()
+            && ["critical", "warning"].contains(&text(&r["labels"]["severity"]));
+        let seen = format!("health {}, runbook_url {url:?}, state {}", r["health"], r["state"]);
+        // The runbook link names a heading of docs/runbook.md; severity is critical or warning.
+        c.t.check(format!("{id}: healthy, runbook, summary, description, severity"), ok, seen);
         let query = text(&r["query"]);
         c.names(&id, query);
-        let (ok, n, err) = c.query(query).await?;
-        if !ok {
-            c.fail(format!("{id}: {err}"));
-        }
-        rows.push(format!("{id} ({}) {n}", text(&r["state"])));
+        let series = c.query(query).await?;
+        c.t.check(format!("{id}: parses"), series.is_ok(), format!("{series:?}"));
     }
-    for (p, name) in [(&proxy.proc, "proxy"), (&fake.proc, "fake"), (&prometheus.proc, "prometheus")] {
-        p.assert_no_panic().with_context(|| name.to_owned())?;
-    }
-    println!("query results:\n  {}", rows.join("\n  "));
-    println!(
-        "{} queries ({} alerts); {} s; the alerts need only parse (silent while the service is healthy)",
-        rows.len(),
-        rules.len(),
-        started.elapsed().as_secs()
+    Ok(())
+}
+
+pub async fn run(_: Args) -> Result<()> {
+    let started = Instant::now();
+    let got = Delivered::default();
+    // A previous run's TSDB would hold old ALERTS, its notification log would hold back deliveries.
+    let _ = ["promcheck-prometheus", "promcheck-alertmanager"]
+        .map(|d| out_dir(d).map(|d| std::fs::remove_dir_all(d.join("data"))));
+    std::fs::write(out_dir("promcheck-prometheus")?.join("rules.yaml"), scaled_rules()?)?;
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
+    let hook = acceptor.local_addr()[0].as_socket_addr().copied().context("webhook address")?;
+    tokio::spawn(
+        poem::Server::new_with_acceptor(acceptor).run(Route::new().at("/alerts", post(webhook)).data(got.clone())),
     );
-    if c.failures.is_empty() {
-        println!("promcheck: OK");
-        Ok(())
-    } else {
-        Err(Missed(c.failures).into())
+    let am = format!(
+        "route: {{receiver: hook, group_by: [alertname], group_wait: 1s, group_interval: 1s, repeat_interval: 1h}}\n\
+         receivers: [{{name: hook, webhook_configs: [{{url: 'http://{hook}/alerts', send_resolved: true}}]}}]\n"
+    );
+    let flags = "--config.file=@DIR@/config --storage.path=@DIR@/data --cluster.listen-address= --log.level=warn";
+    let flags: Vec<&str> = flags.split(' ').chain(["--web.listen-address=127.0.0.1:@PORT@"]).collect();
+    let am =
+        External::start("promcheck-alertmanager", "prometheus-alertmanager", &flags, &am, Some("/-/ready")).await?;
+    let fake = Fake::start("promcheck-fake", &[]).await?;
+    let redis = External::redis("promcheck-redis").await?;
+    let flags = ["--breaker-open-ms", "1000", "--breaker-max-open-ms", "2000", "--redis-url", &redis.url()];
+    let proxy = Proxy::start("promcheck-proxy", &fake.shout_url(), &flags).await?;
+    let config = std::fs::read_to_string(root().join("prometheus/prometheus-check.yml"))?
+        .replace("@ADMIN_TARGET@", proxy.admin.trim_start_matches("http://"))
+        .replace("@ALERTMANAGER@", &format!("127.0.0.1:{}", am.port));
+    let prometheus = External::prometheus("promcheck-prometheus", &config, &["--rules.alert.resend-delay=1s"]).await?;
+    let mut c = Check {
+        prom: prometheus.url(),
+        http: reqwest::Client::new(),
+        exposition: Exposition::new(),
+        t: Targets::new("promcheck"),
+    };
+    alert_phases(&mut c, &proxy, &fake, &got).await?;
+    load_phases(&proxy, &fake).await?;
+    query_checks(&mut c, &proxy).await?;
+    for p in [&proxy.proc, &fake.proc, &prometheus.proc, &am.proc, &redis.proc] {
+        c.t.check(format!("{} did not panic", p.name), p.assert_no_panic().is_ok(), p.log.display().to_string());
     }
+    println!("promcheck: {} s", started.elapsed().as_secs());
+    c.t.verdict()
 }
 
 #[cfg(test)]
@@ -512,7 +590,7 @@ mod tests {
     #[test]
     fn names_come_from_the_parsed_query_not_from_its_text() -> Result<(), String> {
         let mut n = Names::default();
-        walk(&parser::parse(r#"sum by (pod) (rate(a_total{x="1"}[1m])) / on (pod) b or vector(0)"#)?, &mut n);
+        walk_expr(&mut n, &parser::parse(r#"sum by (pod) (rate(a_total{x="1"}[1m])) / on (pod) b or vector(0)"#)?)?;
         assert_eq!(n.metrics, BTreeSet::from(["a_total".to_owned(), "b".to_owned()]));
         assert_eq!(n.grouping, BTreeSet::from(["pod".to_owned()]));
         assert_eq!(n.matchers, vec![("a_total".into(), "x".into(), true, "1".into())]);
