@@ -21,8 +21,6 @@ import yaml
 
 CRD_GROUPS = {"monitoring.coreos.com"}
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-APP = {"app.kubernetes.io/name": "shout-proxy"}
-REDIS = {"app.kubernetes.io/name": "shout-redis"}
 
 
 ERRORS = []  # what each command found wrong, printed at the end; any makes the exit status 1
@@ -133,7 +131,7 @@ def policy(path):
         need(all(rule.get("ports") for rule in n["spec"].get("ingress", [])), "every ingress rule names its port")
         egress = n["spec"].get("egress", [])
         if n["metadata"]["name"] == "shout-proxy":
-            to_redis = [e for e in egress if any(t.get("podSelector", {}).get("matchLabels") == REDIS for t in e.get("to", []))]
+            to_redis = [e for e in egress if any(t.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "shout-redis"} for t in e.get("to", []))]
             ports = sorted({(p["protocol"], p["port"]) for e in egress if e not in to_redis for p in e.get("ports", [])})
             need(ports == [("TCP", 53), ("TCP", 80), ("TCP", 443), ("UDP", 53)], f"egress only DNS and 80/443, got {ports}")
             need(all(e["ports"] == [{"protocol": "TCP", "port": 6379}] and len(e["to"]) == 1 for e in to_redis),
@@ -141,7 +139,7 @@ def policy(path):
             need(bool(to_redis) == bool(redis), "egress to shout-redis exactly when the redis component is included")
         elif n["metadata"]["name"] == "shout-redis":
             need(egress == [], "the shared cache sends nothing anywhere")
-            need(n["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": APP}}], "ports": [{"protocol": "TCP", "port": "redis"}]}],
+            need(n["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "shout-proxy"}}}], "ports": [{"protocol": "TCP", "port": "redis"}]}],
                  "the shared cache admits the app's pods on its port, nothing else")
 
     for d in redis:
@@ -187,13 +185,6 @@ def check_monitoring(docs):
            f"{len(dashboards)} ConfigMaps labelled grafana_dashboard: \"1\", or the dashboard differs from grafana/shout-proxy.json")
 
 
-def monitoring(path):
-    check_monitoring(load(path))
-    if not ERRORS:
-        print(f"  {path}: ServiceMonitor (admin /metrics 15s), PrometheusRule == prometheus/alerts.yaml, "
-              "dashboard ConfigMap == grafana/shout-proxy.json")
-
-
 def split_crds(path, out):
     docs = load(path)
     crs = [d for d in docs if d["apiVersion"].split("/")[0] in CRD_GROUPS]
@@ -235,7 +226,7 @@ def adapter(values, out):
         yaml.safe_dump(rule_file, open(f"{out}/rules.yaml", "w"), sort_keys=False)
 
 
-COMMANDS = {"policy": policy, "monitoring": monitoring, "split-crds": split_crds, "checkov": checkov, "adapter": adapter}
+COMMANDS = {"policy": policy, "monitoring": lambda path: check_monitoring(load(path)), "split-crds": split_crds, "checkov": checkov, "adapter": adapter}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

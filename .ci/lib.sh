@@ -27,9 +27,7 @@ need() {
 pinned_venv() {
   local dir=$1
   shift
-  if [ -x "$dir/bin/python" ] && [ "$(cat "$dir/requirements.txt" 2>/dev/null)" = "$(printf '%s\n' "$@")" ]; then
-    return 0
-  fi
+  [ -x "$dir/bin/python" ] && [ "$(cat "$dir/requirements.txt" 2>/dev/null)" = "$(printf '%s\n' "$@")" ] && return 0
   python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
   python3 -m venv --clear "$dir"
   "$dir/bin/pip" install --disable-pip-version-check -q --upgrade pip "$@"
@@ -40,7 +38,7 @@ pinned_venv() {
 # script when any failed. Nothing is skipped silently.
 RESULTS=()
 FAILED=0
-section() { printf '\n== %s\n' "$1"; }
+section() { printf '\n== %s (%ss since start)\n' "$1" "$SECONDS"; }
 pass() { RESULTS+=("PASS  $1"); echo "PASS  $1"; }
 fail() { RESULTS+=("FAIL  $1"); echo "FAIL  $1" >&2; FAILED=$((FAILED + 1)); }
 skip() { RESULTS+=("SKIP  $1"); echo "SKIP  $1"; }
@@ -48,7 +46,7 @@ skip() { RESULTS+=("SKIP  $1"); echo "SKIP  $1"; }
 judge() { if "${@:2}"; then pass "$1"; else fail "$1"; fi; }
 # summary NAME: the results again and their counts; exit status 1 when any check failed.
 summary() {
-  section "summary ($SECONDS s)"
+  section summary
   printf '%s\n' "${RESULTS[@]}"
   printf '\n%s: %s passed, %s failed\n' "$1" "$(printf '%s\n' "${RESULTS[@]}" | grep -c '^PASS' || true)" "$FAILED"
   [ "$FAILED" -eq 0 ]

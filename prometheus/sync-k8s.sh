@@ -40,11 +40,9 @@ if [[ "${1:-}" == "--check" ]]; then
   render "$fresh"
   status=0
   for copy in prometheusrule.yaml dashboards/shout-proxy.json; do
-    if ! diff -u "k8s/monitoring/$copy" "$fresh/$copy" >&2; then
-      echo "k8s/monitoring/$copy is out of date: run prometheus/sync-k8s.sh" >&2
-      status=1
-    fi
+    diff -u "k8s/monitoring/$copy" "$fresh/$copy" >&2 || status=1
   done
+  [ "$status" -eq 0 ] || echo "the k8s/monitoring copies above are out of date: run prometheus/sync-k8s.sh" >&2
   exit "$status"
 fi
 render k8s/monitoring
