@@ -3,11 +3,8 @@
 #   .ci/bench.sh                 full run (~12 min on 2 cores)
 #   BENCH_QUICK=1 .ci/bench.sh   ~1 minute smoke run for CI
 # `cargo xtask bench --help` lists the settings (each also a BENCH_* variable).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-if ! command -v wrk >/dev/null; then
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
-  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq wrk >/dev/null
-fi
+# shellcheck source=.ci/lib.sh
+source "$(dirname "$0")/lib.sh"
+need wrk:wrk
 cargo build --release --locked --bin shout-proxy --example fake_shoutcloud
 exec cargo xtask bench "$@"

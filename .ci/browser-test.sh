@@ -7,14 +7,9 @@
 #
 # Installs what it needs (Debian's chromium, `npm ci`), idempotently. No shoutcloud is needed:
 # `cargo xtask with --no-fake` points the release proxy at a closed port, so the fallback answers.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-if ! command -v chromium >/dev/null 2>&1; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
+# shellcheck source=.ci/lib.sh
+source "$(dirname "$0")/lib.sh"
+need chromium:chromium
 echo "$(chromium --version 2>/dev/null | head -n 1); node $(node --version)"
 pinned=$(node -p "require('./.ci/browser/package-lock.json').packages['node_modules/playwright-core'].version")
 installed=$(node -p "try { require('./.ci/browser/node_modules/playwright-core/package.json').version } catch { '' }")

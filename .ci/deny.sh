@@ -10,35 +10,26 @@
 #
 # Installs cargo-deny (pinned) with `cargo install --locked` when missing: a source build that
 # took 6-18 min on 2 cores here, once per machine.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# Every check prints PASS, FAIL or SKIP; a summary ends the run (.ci/lib.sh).
+# shellcheck source=.ci/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 DENY_VERSION=0.20.2
-log() { printf '[deny] %s\n' "$*"; }
 cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION" || cargo install --locked "cargo-deny@$DENY_VERSION"
-log "$(cargo deny --version)"
-failed=() results=()
-check() { # $1: what the summary calls it; the rest: cargo deny's arguments
-  if cargo deny --locked "${@:2}"; then results+=("$1 ok"); else results+=("$1 FAILED") failed+=("$1"); fi
-}
-for c in bans licenses sources; do check "$c" check "$c"; done
+cargo deny --version
+for c in bans licenses sources; do judge "$c" cargo deny --locked check "$c"; done
 
 # Advisories only with a database: a fresh one, or one fetched earlier on this machine.
 stale=$(find "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" -maxdepth 2 -path '*/advisory-db-*/.git' 2>/dev/null | head -n 1 || true)
 if timeout 120 cargo deny --locked fetch db; then
-  check advisories check advisories
+  judge advisories cargo deny --locked check advisories
 elif [ -n "$stale" ]; then
   db_date=$(git -C "$(dirname "$stale")" log -1 --format=%cs 2>/dev/null || echo unknown)
-  log "the advisory database could not be fetched; using the copy on this machine from $db_date"
-  check "advisories (database of $db_date, not refreshed)" --offline check advisories
+  echo "the advisory database could not be fetched; using the copy on this machine from $db_date"
+  judge "advisories (database of $db_date, not refreshed)" cargo deny --locked --offline check advisories
+elif [ "${DENY_REQUIRE_ADVISORIES:-0}" = 1 ]; then
+  fail "advisories: no advisory database (GitHub unreachable), required by DENY_REQUIRE_ADVISORIES=1"
 else
-  log "the RustSec advisory database could not be fetched from GitHub (unreachable from here)"
-  log "and none was fetched before on this machine: known vulnerabilities were NOT checked."
-  results+=("advisories SKIPPED (no advisory database: GitHub unreachable)")
-  [ "${DENY_REQUIRE_ADVISORIES:-0}" != 1 ] || failed+=("advisories (required by DENY_REQUIRE_ADVISORIES=1)")
+  skip "advisories: no advisory database (GitHub unreachable, none fetched before on this machine): known vulnerabilities were NOT checked"
 fi
-
-printf -v summary '%s, ' "${results[@]}"
-log "summary: ${summary%, }"
-[ "${#failed[@]}" -eq 0 ] || { log "FAILED: ${failed[*]}"; exit 1; }
-log "PASSED (the checks that ran)"
+summary deny

@@ -12,15 +12,11 @@
 #   ST_MAX_EXAMPLES  test cases per operation and phase (default 200)
 #   ST_SEED          the data generation seed (default fixed, so CI runs are reproducible;
 #                    `random` for a new one, printed at the end)
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=.ci/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-ST_VERSION=4.32.5
-venv=${XDG_CACHE_HOME:-$HOME/.cache}/shout-proxy/schemathesis-$ST_VERSION
-if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$ST_VERSION"; then
-  rm -rf "$venv" && python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$ST_VERSION"
-fi
+venv=${XDG_CACHE_HOME:-$HOME/.cache}/shout-proxy/schemathesis
+pinned_venv "$venv" schemathesis==4.32.5
 "$venv/bin/st" --version
 cargo build --release --locked --bin shout-proxy --example fake_shoutcloud
 seed=${ST_SEED:-20261121}

@@ -5,16 +5,12 @@
 //
 // Environment: BASE_URL (http://127.0.0.1:PORT), SCREENSHOT (PNG path), CHROMIUM (binary).
 
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const baseUrl = process.env.BASE_URL ?? 'http://127.0.0.1:8080';
 const screenshot = process.env.SCREENSHOT ?? 'target/browser/swagger.png';
 const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const service = new URL(baseUrl);
-const timeout = 30_000;
 
 // Flags from the machine notes: without the background-networking ones Chromium keeps trying
 // to reach Google's hosts, which this network refuses.
@@ -23,29 +19,24 @@ const args = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '
 
 const [failures, requests, offHost, pageErrors] = [[], [], [], []];
 
-/** Whether a page request stays on the service: same host and port, or inline data. */
-function isLocal(url) {
-  const u = new URL(url);
-  return ['data:', 'blob:', 'about:'].includes(u.protocol) || (u.hostname === service.hostname && u.port === service.port);
-}
 
-const userDataDir = mkdtempSync(join(tmpdir(), 'shout-swagger-'));
-mkdirSync(dirname(screenshot), { recursive: true });
-const context = await chromium.launchPersistentContext(userDataDir,
-  { executablePath, headless: true, args, viewport: { width: 1280, height: 1400 } });
+// A fresh browser profile in a temporary directory that Playwright removes on close.
+const browser = await chromium.launch({ executablePath, headless: true, args });
+const context = await browser.newContext({ viewport: { width: 1280, height: 1400 } });
+const page = await context.newPage();
 
 try {
   // Record every request; let only the service's own through, so a stray fetch fails fast
   // instead of hanging on the closed network.
   await context.route('**/*', (route) => {
-    const url = route.request().url();
-    requests.push(`${route.request().method()} ${url}`);
-    if (isLocal(url)) return route.continue();
-    offHost.push(url);
+    const url = new URL(route.request().url());
+    requests.push(`${route.request().method()} ${url.href}`);
+    // Through: the service's own host and port, and inline data.
+    if (['data:', 'blob:', 'about:'].includes(url.protocol) || url.host === service.host) return route.continue();
+    offHost.push(url.href);
     return route.abort('blockedbyclient');
   });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(timeout);
+  page.setDefaultTimeout(30_000);
   page.on('pageerror', (error) => pageErrors.push(String(error)));
 
   const docs = await page.goto(`${baseUrl}/docs`, { waitUntil: 'load' });
@@ -72,15 +63,12 @@ try {
   if (!/\b200\b/.test(shown)) failures.push('the response panel does not show status 200');
 
   await operation.scrollIntoViewIfNeeded();
-  await page.screenshot({ path: screenshot, fullPage: true });
 } catch (error) {
   failures.push(`the UI could not be driven: ${error.message.split('\n')[0]}`);
-  for (const page of context.pages()) {
-    await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
-  }
 } finally {
-  await context.close();
-  rmSync(userDataDir, { recursive: true, force: true });
+  // Playwright creates the screenshot's directory. Taken whatever happened, as a CI artefact.
+  await page.screenshot({ path: screenshot, fullPage: true }).catch((error) => failures.push(`no screenshot: ${error.message}`));
+  await browser.close();
 }
 
 if (offHost.length > 0) failures.push(`${offHost.length} request(s) left ${service.host}: ${[...new Set(offHost)].join(', ')}`);
