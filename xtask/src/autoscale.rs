@@ -25,9 +25,12 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use serde_yaml::Value;
 
+use crate::Targets;
+use crate::bench::{machine, update_docs};
 use crate::client::{Outcome, Shouter, percentile};
 use crate::fake::Fake;
 use crate::proc::{External, Proxy, out_dir, root};
+use crate::prom::scale_ranges;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -140,23 +143,6 @@ impl Hpa {
     }
 }
 
-/// Every `[2m]` range of a query divided by `f`.
-fn compress(query: &str, f: f64) -> String {
-    let (mut out, mut rest) = (String::new(), query);
-    while let (Some(a), Some(b)) = (rest.find('['), rest.find(']')) {
-        let (d, unit) = rest[a + 1..b].split_at(rest[a + 1..b].len().saturating_sub(1));
-        let unit = match unit {
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => f64::NAN,
-        };
-        out += &format!("{}[{}ms]", &rest[..a], (d.parse::<f64>().unwrap_or(f64::NAN) * unit * 1000.0 / f).round());
-        rest = &rest[b + 1..];
-    }
-    out + rest
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -254,14 +240,8 @@ pub async fn run(a: Args) -> Result<()> {
     let prom_dir = out_dir("autoscale-prometheus")?;
     std::fs::write(prom_dir.join("targets.json"), "[]")?;
     let config = "global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n  - job_name: shout-proxy\n    file_sd_configs: [{files: ['@DIR@/targets.json'], refresh_interval: 1s}]\n";
-    let args = [
-        "--config.file=@DIR@/config",
-        "--storage.tsdb.path=@DIR@/data",
-        "--web.listen-address=127.0.0.1:@PORT@",
-        "--log.level=warn",
-    ];
-    let prometheus = External::start("autoscale-prometheus", "prometheus", &args, config, Some("/-/ready")).await?;
-    let (prom, http) = (format!("http://127.0.0.1:{}/api/v1/query", prometheus.port), reqwest::Client::new());
+    let prometheus = External::prometheus("autoscale-prometheus", config, &[]).await?;
+    let (prom, http) = (format!("{}/api/v1/query", prometheus.url()), reqwest::Client::new());
 
     let (rotation, outcomes) =
         (Arc::new(Mutex::new(Vec::<Shouter>::new())), Arc::new(Mutex::new(Vec::<Outcome>::new())));
@@ -286,7 +266,7 @@ pub async fn run(a: Args) -> Result<()> {
     });
 
     let (mut pods, mut retiring, mut rows, mut n) = (Vec::<Pod>::new(), Vec::<(Instant, Pod)>::new(), vec![], 0);
-    let (start, mut was_slow) = (Instant::now(), Some(true));
+    let (start, mut was_slow) = (Instant::now(), true);
     let mut sync = tokio::time::interval(Duration::from_secs_f64(15.0 / f));
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sync.tick().await;
@@ -322,35 +302,31 @@ pub async fn run(a: Args) -> Result<()> {
             break;
         }
         let (rate, slow) = plan(&a, t);
-        if was_slow != Some(slow) {
+        if was_slow != slow {
             fake.set(json!({"latency_ms": if slow { 300 } else { 0 }})).await?;
-            was_slow = Some(slow);
+            was_slow = slow;
         }
         *lock(&offered) = (rate, slow);
         let done = std::mem::take(&mut *lock(&outcomes));
         let p99 = percentile(&done.iter().map(|o| o.latency_ms).collect::<Vec<_>>(), 0.99);
-        let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
         let matchers = format!("namespace=\"sim\",pod=~\"{}\"", names.join("|"));
-        let q = compress(&template.replace("<<.LabelMatchers>>", &matchers), f);
+        let q = scale_ranges(&template.replace("<<.LabelMatchers>>", &matchers), f, 0.0)?;
         let body: serde_json::Value = http.get(&prom).query(&[("query", &q)]).send().await?.json().await?;
         if body["status"] != "success" {
             bail!("Prometheus rejects {q}: {}", body["error"]);
         }
         let result = body["data"]["result"].as_array().cloned().unwrap_or_default();
-        let per_pod = |p: &String| {
-            result
-                .iter()
-                .find(|s| s["metric"]["pod"] == p.as_str())
-                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
-        };
-        let mut values = [names.iter().map(per_pod).collect::<Vec<_>>(), vec![]];
+        let (mut rates, mut cpus) = (vec![], vec![]);
         for pod in &mut pods {
+            let series = result.iter().find(|s| s["metric"]["pod"] == pod.name.as_str());
+            rates.push(series.and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()));
             // Over 4 sync periods: /proc counts 10-ms ticks, 27 % of the request in one period.
             let now = pod.proxy.proc.cpu_seconds();
-            values[1].push(pod.cpu.first().map(|(then, cpu)| (now - cpu) / (t - then) / request));
+            cpus.push(pod.cpu.first().map(|(then, cpu)| (now - cpu) / (t - then) / request));
             pod.cpu = [&pod.cpu[pod.cpu.len().saturating_sub(3)..], &[(t, now)]].concat();
         }
-        let desired = proposal(pods.len(), &values[0], rate_target).max(proposal(pods.len(), &values[1], cpu_target));
+        let desired = proposal(pods.len(), &rates, rate_target).max(proposal(pods.len(), &cpus, cpu_target));
         want = hpa.step(t, pods.len(), desired);
         let errors = done.iter().filter(|o| !o.correct).count();
         let fallbacks = done.iter().filter(|o| o.source == "fallback").count();
@@ -358,8 +334,8 @@ pub async fn run(a: Args) -> Result<()> {
             "[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {} p99 {p99:6.1} ms replicas {} -> {want} (rate {:?}, cpu {:?})",
             done.len(),
             pods.len(),
-            values[0],
-            values[1]
+            rates,
+            cpus
         );
         rows.push((t, rate, pods.len(), p99, slow, errors, fallbacks, done.len()));
     }
@@ -384,35 +360,25 @@ fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
     let errors: usize = rows.iter().map(|r| r.5).sum();
     let last = rows.last().map_or(0, |r| r.2);
     let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t:.1} s"));
-    let targets = [
-        (
-            format!("shoutcloud at 300 ms, {} req/s: replicas stay at minReplicas {min}", a.slow),
-            max_slow == min,
-            format!("max {max_slow}, {fallbacks} of {answers} answers were fallbacks"),
-        ),
-        (
-            format!("CPU-bound ramp: a pod is added before p99 exceeds {} ms", a.p99_ms),
-            first_up.is_some_and(|u| first_bad.is_none_or(|b| u < b)),
-            format!("first scale-out at {}, first p99 over it at {}", at(first_up), at(first_bad)),
-        ),
-        (
-            format!("plateau {} req/s: p99 under {} ms", a.peak, a.p99_ms),
-            plateau < a.p99_ms,
-            format!("worst p99 {plateau:.1} ms"),
-        ),
-        (format!("load ended: back to minReplicas {min}"), last == min, format!("{last} replicas at the end")),
-        ("every answer correct".into(), errors == 0, format!("{errors} wrong or failed")),
-    ];
-    let (table, missed) = crate::verdict(&targets);
-    let out = format!(
-        "`cargo xtask autoscale`: time / {}, one replica = {} CPU, {} cores, load average {}.\n\n{table}",
-        a.compress,
-        a.pod_cpu,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    let mut targets = Targets::new("autoscale");
+    targets.check(
+        format!("shoutcloud at 300 ms, {} req/s: replicas stay at minReplicas {min}", a.slow),
+        max_slow == min,
+        format!("max {max_slow}, {fallbacks} of {answers} answers were fallbacks"),
     );
-    println!("{out}");
+    targets.check(
+        format!("CPU-bound ramp: a pod is added before p99 exceeds {} ms", a.p99_ms),
+        first_up.is_some_and(|u| first_bad.is_none_or(|b| u < b)),
+        format!("first scale-out at {}, first p99 over it at {}", at(first_up), at(first_bad)),
+    );
+    let plateau_target = format!("plateau {} req/s: p99 under {} ms", a.peak, a.p99_ms);
+    targets.check(plateau_target, plateau < a.p99_ms, format!("worst p99 {plateau:.1} ms"));
+    targets.check(format!("load ended: back to minReplicas {min}"), last == min, format!("{last} replicas at the end"));
+    targets.check("every answer correct", errors == 0, format!("{errors} wrong or failed"));
     let svg = out_dir("autoscale")?.join("autoscaling.svg");
+    let head =
+        format!("`cargo xtask autoscale`: time / {}, one replica = {} CPU, {}.", a.compress, a.pod_cpu, machine());
+    let report = targets.report(&head, "autoscale/results.md")?;
     let series = |f: fn(&Row) -> f64| rows.iter().map(|r| (r.0, f(r))).collect::<Vec<_>>();
     let panels = [
         ("offered req/s", series(|r| r.1)),
@@ -421,13 +387,7 @@ fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
     ];
     crate::chart::lines(&svg, &format!("cargo xtask autoscale (time / {})", a.compress), "seconds", &panels)?;
     if a.update_docs {
-        let path = root().join("docs/autoscaling.md");
-        let doc = std::fs::read_to_string(&path)?;
-        let (Some(s), Some(e)) = (doc.find("<!-- autoscale:start -->\n"), doc.find("<!-- autoscale:end -->")) else {
-            bail!("docs/autoscaling.md lacks its markers")
-        };
-        std::fs::write(&path, format!("{}{out}{}", &doc[..s + 25], &doc[e..]))?;
-        std::fs::copy(&svg, root().join("docs/autoscaling.svg"))?;
+        update_docs("autoscaling.md", "autoscale", &report, &svg)?;
     }
-    Ok(missed?)
+    targets.verdict()
 }
