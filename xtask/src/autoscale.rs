@@ -102,12 +102,9 @@ fn proposal(current: usize, values: &[Option<f64>], target: f64) -> usize {
     if known.is_empty() {
         return current;
     }
-    let mut ratio = known.iter().sum::<f64>() / (known.len() as f64 * target);
-    if known.len() < values.len() {
-        let fill = if ratio > 1.0 { 0.0 } else { target };
-        ratio =
-            (known.iter().sum::<f64>() + fill * (values.len() - known.len()) as f64) / (values.len() as f64 * target);
-    }
+    let sum = known.iter().sum::<f64>();
+    let fill = if sum > known.len() as f64 * target { 0.0 } else { target };
+    let ratio = (sum + fill * (values.len() - known.len()) as f64) / (values.len() as f64 * target);
     if (ratio - 1.0).abs() <= 0.1 { current } else { (ratio * values.len() as f64).ceil() as usize }
 }
 
@@ -118,7 +115,7 @@ impl Hpa {
         let up = within(self.up.window).chain([desired]).min().unwrap_or(desired);
         let down = within(self.down.window).chain([desired]).max().unwrap_or(desired);
         self.recommendations.push((t, desired));
-        let mut next = current.max(up).min(down);
+        let next = current.max(up).min(down);
         let moved = |period: f64, sign: i64| -> i64 {
             self.events.iter().filter(|e| e.0 > t - period && e.1.signum() == sign).map(|e| e.1.abs()).sum()
         };
@@ -130,12 +127,9 @@ impl Hpa {
         });
         let pick_max = rules.select_max == (sign > 0.0);
         let limit = if pick_max { limits.max() } else { limits.min() }.unwrap_or(current as i64);
-        if next > current {
-            next = next.min(limit.max(current as i64) as usize);
-        } else if next < current {
-            next = next.max(limit.min(current as i64).max(0) as usize);
-        }
-        next = next.clamp(self.min, self.max);
+        // A limit never reverses the direction: up to at least `current`, down to at most it.
+        let limit = (if sign > 0.0 { limit.max(current as i64) } else { limit.clamp(0, current as i64) }) as usize;
+        let next = if sign > 0.0 { next.min(limit) } else { next.max(limit) }.clamp(self.min, self.max);
         if next != current {
             self.events.push((t, next as i64 - current as i64));
         }
@@ -194,7 +188,6 @@ fn plan(a: &Args, t: f64) -> (f64, bool) {
 const END: f64 = 150.0;
 
 pub async fn run(a: Args) -> Result<()> {
-    shout_proxy::install_tls_provider();
     let yaml = |p: &str| -> Result<Value> { Ok(serde_yaml::from_str(&std::fs::read_to_string(root().join(p))?)?) };
     let (spec, dep, adapter) = (
         yaml("k8s/base/hpa.yaml")?["spec"].clone(),
@@ -209,11 +202,8 @@ pub async fn run(a: Args) -> Result<()> {
     let (pods_metric, cpu_metric) = (&find("Pods")?["pods"], &find("Resource")?["resource"]);
     let (rate_target, cpu_target) =
         (num(&pods_metric["target"]["averageValue"]) * scale, num(&cpu_metric["target"]["averageUtilization"]) / 100.0);
-    let rule = adapter["rules"]["custom"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .find(|r| r["name"]["as"] == pods_metric["metric"]["name"]);
+    let custom = adapter["rules"]["custom"].as_sequence().context("the adapter has no custom rules")?;
+    let rule = custom.iter().find(|r| r["name"]["as"] == pods_metric["metric"]["name"]);
     let rule = rule.context("no adapter rule serves the HPA's Pods metric")?;
     let series = rule["name"]["matches"].as_str().unwrap_or_default().trim_matches(|c| c == '^' || c == '$');
     let template =
@@ -243,15 +233,15 @@ pub async fn run(a: Args) -> Result<()> {
     let prometheus = External::prometheus("autoscale-prometheus", config, &[]).await?;
     let (prom, http) = (format!("{}/api/v1/query", prometheus.url()), reqwest::Client::new());
 
-    let (rotation, outcomes) =
-        (Arc::new(Mutex::new(Vec::<Shouter>::new())), Arc::new(Mutex::new(Vec::<Outcome>::new())));
-    let offered = Arc::new(Mutex::new((0.0, false)));
-    let (r, o, p) = (rotation.clone(), outcomes.clone(), offered.clone());
+    // What the load generator offers (req/s, shoutcloud slow, the replicas in rotation), and what it got.
+    let offered = Arc::new(Mutex::new(((0.0, false), Vec::<Shouter>::new())));
+    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let (o, p) = (outcomes.clone(), offered.clone());
     let load = tokio::spawn(async move {
         let (mut tick, mut due, mut i) = (tokio::time::interval(Duration::from_millis(10)), 0.0, 0usize);
         loop {
             tick.tick().await;
-            let ((rate, slow), targets) = (*lock(&p), lock(&r).clone());
+            let ((rate, slow), targets) = lock(&p).clone();
             due += rate / 100.0;
             while due >= 1.0 && !targets.is_empty() {
                 (due, i) = (due - 1.0, i + 1);
@@ -280,15 +270,14 @@ pub async fn run(a: Args) -> Result<()> {
             // Warmed before its quota: start-up work (and, while shoutcloud is slow, the first
             // timeouts that open its breaker) would take 1 / --pod-cpu times longer than in a
             // pod with the manifest's limit, a distortion of the scaling, not of the pod.
-            let warm: Vec<String> = (0..20).map(|i| format!("warm {n} {i}")).collect();
-            futures_util::future::join_all(warm.iter().enumerate().map(|(i, w)| shouter.shout(i, w))).await;
+            shouter.all(&(0..20).map(|i| format!("warm {n} {i}")).collect::<Vec<_>>(), 20).await;
             let cgroup = cgroup(&format!("shout-autoscale-{}-{n}", std::process::id()), a.pod_cpu, proxy.proc.pid())?;
             (n, _) = (n + 1, pods.push(Pod { name, proxy, cgroup, shouter, cpu: vec![] }));
         }
         while pods.len() > want {
             retiring.extend(pods.pop().map(|p| (Instant::now(), p)));
         }
-        *lock(&rotation) = pods.iter().map(|p| p.shouter.clone()).collect();
+        lock(&offered).1 = pods.iter().map(|p| p.shouter.clone()).collect();
         let targets: Vec<_> = pods.iter().map(|p| json!({"targets": [p.proxy.admin.trim_start_matches("http://")], "labels": {"namespace": "sim", "pod": p.name}})).collect();
         std::fs::write(prom_dir.join("targets.tmp"), serde_json::to_string(&targets)?)?;
         std::fs::rename(prom_dir.join("targets.tmp"), prom_dir.join("targets.json"))?;
@@ -306,7 +295,7 @@ pub async fn run(a: Args) -> Result<()> {
             fake.set(json!({"latency_ms": if slow { 300 } else { 0 }})).await?;
             was_slow = slow;
         }
-        *lock(&offered) = (rate, slow);
+        lock(&offered).0 = (rate, slow);
         let done = std::mem::take(&mut *lock(&outcomes));
         let p99 = percentile(&done.iter().map(|o| o.latency_ms).collect::<Vec<_>>(), 0.99);
         let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
@@ -330,12 +319,9 @@ pub async fn run(a: Args) -> Result<()> {
         want = hpa.step(t, pods.len(), desired);
         let errors = done.iter().filter(|o| !o.correct).count();
         let fallbacks = done.iter().filter(|o| o.source == "fallback").count();
+        let (answered, replicas) = (done.len(), pods.len());
         eprintln!(
-            "[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {} p99 {p99:6.1} ms replicas {} -> {want} (rate {:?}, cpu {:?})",
-            done.len(),
-            pods.len(),
-            rates,
-            cpus
+            "[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {answered} p99 {p99:6.1} ms replicas {replicas} -> {want} (rate {rates:?}, cpu {cpus:?})"
         );
         rows.push((t, rate, pods.len(), p99, slow, errors, fallbacks, done.len()));
     }
