@@ -296,7 +296,7 @@ pub async fn run(args: Args) -> Result<()> {
     let title = format!("requests/s, wrk -t1 -c{}, best of {rounds}", args.connections);
     bars(&dir.join("benchmark.svg"), &title, "requests per second", &chart)?;
     let targets = judge(&best, memory.as_ref());
-    let report = targets.report(&tables(&args, secs, rounds, &best, &sweep), "bench/results.md")?;
+    let report = targets.report(tables(&args, secs, rounds, &best, &sweep).trim_end(), "bench/results.md")?;
     if args.update_docs {
         update_docs("benchmark.md", "bench:results", &report, &dir.join("benchmark.svg"))?;
     }
