@@ -1,6 +1,4 @@
--- wrk script of `cargo xtask bench` (xtask/src/load.rs): BENCH_INPUTS same|unique, BENCH_FIELD
--- (data or INPUT), BENCH_RUN (put into every input), BENCH_LIMIT (stop after that many answers).
--- done() prints one `BENCH_JSON {...}` line (latencies in microseconds) for the harness.
+-- wrk script of `cargo xtask bench`: its variables are the fields of `Wrk` in xtask/src/load.rs.
 local mode = os.getenv("BENCH_INPUTS") or "same"
 local field = os.getenv("BENCH_FIELD") or "data"
 local run = os.getenv("BENCH_RUN") or "0"

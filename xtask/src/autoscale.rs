@@ -25,9 +25,12 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use serde_yaml::Value;
 
+use crate::Targets;
+use crate::bench::{machine, update_docs};
 use crate::client::{Outcome, Shouter, percentile};
 use crate::fake::Fake;
 use crate::proc::{External, Proxy, out_dir, root};
+use crate::prom::scale_ranges;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -99,12 +102,9 @@ fn proposal(current: usize, values: &[Option<f64>], target: f64) -> usize {
     if known.is_empty() {
         return current;
     }
-    let mut ratio = known.iter().sum::<f64>() / (known.len() as f64 * target);
-    if known.len() < values.len() {
-        let fill = if ratio > 1.0 { 0.0 } else { target };
-        ratio =
-            (known.iter().sum::<f64>() + fill * (values.len() - known.len()) as f64) / (values.len() as f64 * target);
-    }
+    let sum = known.iter().sum::<f64>();
+    let fill = if sum > known.len() as f64 * target { 0.0 } else { target };
+    let ratio = (sum + fill * (values.len() - known.len()) as f64) / (values.len() as f64 * target);
     if (ratio - 1.0).abs() <= 0.1 { current } else { (ratio * values.len() as f64).ceil() as usize }
 }
 
@@ -115,7 +115,7 @@ impl Hpa {
         let up = within(self.up.window).chain([desired]).min().unwrap_or(desired);
         let down = within(self.down.window).chain([desired]).max().unwrap_or(desired);
         self.recommendations.push((t, desired));
-        let mut next = current.max(up).min(down);
+        let next = current.max(up).min(down);
         let moved = |period: f64, sign: i64| -> i64 {
             self.events.iter().filter(|e| e.0 > t - period && e.1.signum() == sign).map(|e| e.1.abs()).sum()
         };
@@ -127,34 +127,14 @@ impl Hpa {
         });
         let pick_max = rules.select_max == (sign > 0.0);
         let limit = if pick_max { limits.max() } else { limits.min() }.unwrap_or(current as i64);
-        if next > current {
-            next = next.min(limit.max(current as i64) as usize);
-        } else if next < current {
-            next = next.max(limit.min(current as i64).max(0) as usize);
-        }
-        next = next.clamp(self.min, self.max);
+        // A limit never reverses the direction: up to at least `current`, down to at most it.
+        let limit = (if sign > 0.0 { limit.max(current as i64) } else { limit.clamp(0, current as i64) }) as usize;
+        let next = if sign > 0.0 { next.min(limit) } else { next.max(limit) }.clamp(self.min, self.max);
         if next != current {
             self.events.push((t, next as i64 - current as i64));
         }
         next
     }
-}
-
-/// Every `[2m]` range of a query divided by `f`.
-fn compress(query: &str, f: f64) -> String {
-    let (mut out, mut rest) = (String::new(), query);
-    while let (Some(a), Some(b)) = (rest.find('['), rest.find(']')) {
-        let (d, unit) = rest[a + 1..b].split_at(rest[a + 1..b].len().saturating_sub(1));
-        let unit = match unit {
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => f64::NAN,
-        };
-        out += &format!("{}[{}ms]", &rest[..a], (d.parse::<f64>().unwrap_or(f64::NAN) * unit * 1000.0 / f).round());
-        rest = &rest[b + 1..];
-    }
-    out + rest
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,7 +188,6 @@ fn plan(a: &Args, t: f64) -> (f64, bool) {
 const END: f64 = 150.0;
 
 pub async fn run(a: Args) -> Result<()> {
-    shout_proxy::install_tls_provider();
     let yaml = |p: &str| -> Result<Value> { Ok(serde_yaml::from_str(&std::fs::read_to_string(root().join(p))?)?) };
     let (spec, dep, adapter) = (
         yaml("k8s/base/hpa.yaml")?["spec"].clone(),
@@ -223,11 +202,8 @@ pub async fn run(a: Args) -> Result<()> {
     let (pods_metric, cpu_metric) = (&find("Pods")?["pods"], &find("Resource")?["resource"]);
     let (rate_target, cpu_target) =
         (num(&pods_metric["target"]["averageValue"]) * scale, num(&cpu_metric["target"]["averageUtilization"]) / 100.0);
-    let rule = adapter["rules"]["custom"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .find(|r| r["name"]["as"] == pods_metric["metric"]["name"]);
+    let custom = adapter["rules"]["custom"].as_sequence().context("the adapter has no custom rules")?;
+    let rule = custom.iter().find(|r| r["name"]["as"] == pods_metric["metric"]["name"]);
     let rule = rule.context("no adapter rule serves the HPA's Pods metric")?;
     let series = rule["name"]["matches"].as_str().unwrap_or_default().trim_matches(|c| c == '^' || c == '$');
     let template =
@@ -254,24 +230,18 @@ pub async fn run(a: Args) -> Result<()> {
     let prom_dir = out_dir("autoscale-prometheus")?;
     std::fs::write(prom_dir.join("targets.json"), "[]")?;
     let config = "global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n  - job_name: shout-proxy\n    file_sd_configs: [{files: ['@DIR@/targets.json'], refresh_interval: 1s}]\n";
-    let args = [
-        "--config.file=@DIR@/config",
-        "--storage.tsdb.path=@DIR@/data",
-        "--web.listen-address=127.0.0.1:@PORT@",
-        "--log.level=warn",
-    ];
-    let prometheus = External::start("autoscale-prometheus", "prometheus", &args, config, Some("/-/ready")).await?;
-    let (prom, http) = (format!("http://127.0.0.1:{}/api/v1/query", prometheus.port), reqwest::Client::new());
+    let prometheus = External::prometheus("autoscale-prometheus", config, &[]).await?;
+    let (prom, http) = (format!("{}/api/v1/query", prometheus.url()), reqwest::Client::new());
 
-    let (rotation, outcomes) =
-        (Arc::new(Mutex::new(Vec::<Shouter>::new())), Arc::new(Mutex::new(Vec::<Outcome>::new())));
-    let offered = Arc::new(Mutex::new((0.0, false)));
-    let (r, o, p) = (rotation.clone(), outcomes.clone(), offered.clone());
+    // What the load generator offers (req/s, shoutcloud slow, the replicas in rotation), and what it got.
+    let offered = Arc::new(Mutex::new(((0.0, false), Vec::<Shouter>::new())));
+    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let (o, p) = (outcomes.clone(), offered.clone());
     let load = tokio::spawn(async move {
         let (mut tick, mut due, mut i) = (tokio::time::interval(Duration::from_millis(10)), 0.0, 0usize);
         loop {
             tick.tick().await;
-            let ((rate, slow), targets) = (*lock(&p), lock(&r).clone());
+            let ((rate, slow), targets) = lock(&p).clone();
             due += rate / 100.0;
             while due >= 1.0 && !targets.is_empty() {
                 (due, i) = (due - 1.0, i + 1);
@@ -286,7 +256,7 @@ pub async fn run(a: Args) -> Result<()> {
     });
 
     let (mut pods, mut retiring, mut rows, mut n) = (Vec::<Pod>::new(), Vec::<(Instant, Pod)>::new(), vec![], 0);
-    let (start, mut was_slow) = (Instant::now(), Some(true));
+    let (start, mut was_slow) = (Instant::now(), true);
     let mut sync = tokio::time::interval(Duration::from_secs_f64(15.0 / f));
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sync.tick().await;
@@ -300,15 +270,14 @@ pub async fn run(a: Args) -> Result<()> {
             // Warmed before its quota: start-up work (and, while shoutcloud is slow, the first
             // timeouts that open its breaker) would take 1 / --pod-cpu times longer than in a
             // pod with the manifest's limit, a distortion of the scaling, not of the pod.
-            let warm: Vec<String> = (0..20).map(|i| format!("warm {n} {i}")).collect();
-            futures_util::future::join_all(warm.iter().enumerate().map(|(i, w)| shouter.shout(i, w))).await;
+            shouter.all(&(0..20).map(|i| format!("warm {n} {i}")).collect::<Vec<_>>(), 20).await;
             let cgroup = cgroup(&format!("shout-autoscale-{}-{n}", std::process::id()), a.pod_cpu, proxy.proc.pid())?;
             (n, _) = (n + 1, pods.push(Pod { name, proxy, cgroup, shouter, cpu: vec![] }));
         }
         while pods.len() > want {
             retiring.extend(pods.pop().map(|p| (Instant::now(), p)));
         }
-        *lock(&rotation) = pods.iter().map(|p| p.shouter.clone()).collect();
+        lock(&offered).1 = pods.iter().map(|p| p.shouter.clone()).collect();
         let targets: Vec<_> = pods.iter().map(|p| json!({"targets": [p.proxy.admin.trim_start_matches("http://")], "labels": {"namespace": "sim", "pod": p.name}})).collect();
         std::fs::write(prom_dir.join("targets.tmp"), serde_json::to_string(&targets)?)?;
         std::fs::rename(prom_dir.join("targets.tmp"), prom_dir.join("targets.json"))?;
@@ -322,44 +291,37 @@ pub async fn run(a: Args) -> Result<()> {
             break;
         }
         let (rate, slow) = plan(&a, t);
-        if was_slow != Some(slow) {
+        if was_slow != slow {
             fake.set(json!({"latency_ms": if slow { 300 } else { 0 }})).await?;
-            was_slow = Some(slow);
+            was_slow = slow;
         }
-        *lock(&offered) = (rate, slow);
+        lock(&offered).0 = (rate, slow);
         let done = std::mem::take(&mut *lock(&outcomes));
         let p99 = percentile(&done.iter().map(|o| o.latency_ms).collect::<Vec<_>>(), 0.99);
-        let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
         let matchers = format!("namespace=\"sim\",pod=~\"{}\"", names.join("|"));
-        let q = compress(&template.replace("<<.LabelMatchers>>", &matchers), f);
+        let q = scale_ranges(&template.replace("<<.LabelMatchers>>", &matchers), f, 0.0)?;
         let body: serde_json::Value = http.get(&prom).query(&[("query", &q)]).send().await?.json().await?;
         if body["status"] != "success" {
             bail!("Prometheus rejects {q}: {}", body["error"]);
         }
         let result = body["data"]["result"].as_array().cloned().unwrap_or_default();
-        let per_pod = |p: &String| {
-            result
-                .iter()
-                .find(|s| s["metric"]["pod"] == p.as_str())
-                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
-        };
-        let mut values = [names.iter().map(per_pod).collect::<Vec<_>>(), vec![]];
+        let (mut rates, mut cpus) = (vec![], vec![]);
         for pod in &mut pods {
+            let series = result.iter().find(|s| s["metric"]["pod"] == pod.name.as_str());
+            rates.push(series.and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()));
             // Over 4 sync periods: /proc counts 10-ms ticks, 27 % of the request in one period.
             let now = pod.proxy.proc.cpu_seconds();
-            values[1].push(pod.cpu.first().map(|(then, cpu)| (now - cpu) / (t - then) / request));
+            cpus.push(pod.cpu.first().map(|(then, cpu)| (now - cpu) / (t - then) / request));
             pod.cpu = [&pod.cpu[pod.cpu.len().saturating_sub(3)..], &[(t, now)]].concat();
         }
-        let desired = proposal(pods.len(), &values[0], rate_target).max(proposal(pods.len(), &values[1], cpu_target));
+        let desired = proposal(pods.len(), &rates, rate_target).max(proposal(pods.len(), &cpus, cpu_target));
         want = hpa.step(t, pods.len(), desired);
         let errors = done.iter().filter(|o| !o.correct).count();
         let fallbacks = done.iter().filter(|o| o.source == "fallback").count();
+        let (answered, replicas) = (done.len(), pods.len());
         eprintln!(
-            "[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {} p99 {p99:6.1} ms replicas {} -> {want} (rate {:?}, cpu {:?})",
-            done.len(),
-            pods.len(),
-            values[0],
-            values[1]
+            "[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {answered} p99 {p99:6.1} ms replicas {replicas} -> {want} (rate {rates:?}, cpu {cpus:?})"
         );
         rows.push((t, rate, pods.len(), p99, slow, errors, fallbacks, done.len()));
     }
@@ -384,35 +346,25 @@ fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
     let errors: usize = rows.iter().map(|r| r.5).sum();
     let last = rows.last().map_or(0, |r| r.2);
     let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t:.1} s"));
-    let targets = [
-        (
-            format!("shoutcloud at 300 ms, {} req/s: replicas stay at minReplicas {min}", a.slow),
-            max_slow == min,
-            format!("max {max_slow}, {fallbacks} of {answers} answers were fallbacks"),
-        ),
-        (
-            format!("CPU-bound ramp: a pod is added before p99 exceeds {} ms", a.p99_ms),
-            first_up.is_some_and(|u| first_bad.is_none_or(|b| u < b)),
-            format!("first scale-out at {}, first p99 over it at {}", at(first_up), at(first_bad)),
-        ),
-        (
-            format!("plateau {} req/s: p99 under {} ms", a.peak, a.p99_ms),
-            plateau < a.p99_ms,
-            format!("worst p99 {plateau:.1} ms"),
-        ),
-        (format!("load ended: back to minReplicas {min}"), last == min, format!("{last} replicas at the end")),
-        ("every answer correct".into(), errors == 0, format!("{errors} wrong or failed")),
-    ];
-    let (table, missed) = crate::verdict(&targets);
-    let out = format!(
-        "`cargo xtask autoscale`: time / {}, one replica = {} CPU, {} cores, load average {}.\n\n{table}",
-        a.compress,
-        a.pod_cpu,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    let mut targets = Targets::new("autoscale");
+    targets.check(
+        format!("shoutcloud at 300 ms, {} req/s: replicas stay at minReplicas {min}", a.slow),
+        max_slow == min,
+        format!("max {max_slow}, {fallbacks} of {answers} answers were fallbacks"),
     );
-    println!("{out}");
+    targets.check(
+        format!("CPU-bound ramp: a pod is added before p99 exceeds {} ms", a.p99_ms),
+        first_up.is_some_and(|u| first_bad.is_none_or(|b| u < b)),
+        format!("first scale-out at {}, first p99 over it at {}", at(first_up), at(first_bad)),
+    );
+    let plateau_target = format!("plateau {} req/s: p99 under {} ms", a.peak, a.p99_ms);
+    targets.check(plateau_target, plateau < a.p99_ms, format!("worst p99 {plateau:.1} ms"));
+    targets.check(format!("load ended: back to minReplicas {min}"), last == min, format!("{last} replicas at the end"));
+    targets.check("every answer correct", errors == 0, format!("{errors} wrong or failed"));
     let svg = out_dir("autoscale")?.join("autoscaling.svg");
+    let head =
+        format!("`cargo xtask autoscale`: time / {}, one replica = {} CPU, {}.", a.compress, a.pod_cpu, machine());
+    let report = targets.report(&head, "autoscale/results.md")?;
     let series = |f: fn(&Row) -> f64| rows.iter().map(|r| (r.0, f(r))).collect::<Vec<_>>();
     let panels = [
         ("offered req/s", series(|r| r.1)),
@@ -421,13 +373,7 @@ fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
     ];
     crate::chart::lines(&svg, &format!("cargo xtask autoscale (time / {})", a.compress), "seconds", &panels)?;
     if a.update_docs {
-        let path = root().join("docs/autoscaling.md");
-        let doc = std::fs::read_to_string(&path)?;
-        let (Some(s), Some(e)) = (doc.find("<!-- autoscale:start -->\n"), doc.find("<!-- autoscale:end -->")) else {
-            bail!("docs/autoscaling.md lacks its markers")
-        };
-        std::fs::write(&path, format!("{}{out}{}", &doc[..s + 25], &doc[e..]))?;
-        std::fs::copy(&svg, root().join("docs/autoscaling.svg"))?;
+        update_docs("autoscaling.md", "autoscale", &report, &svg)?;
     }
-    Ok(missed?)
+    targets.verdict()
 }

@@ -7,9 +7,10 @@
 //! Then a one-CPU concurrency sweep gives the request rate one pod sustains within the p99 goal
 //! (the HPA target), and a memory run pushes unique inputs through the bounded cache.
 
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -18,7 +19,7 @@ use crate::client::{Shouter, expected};
 use crate::fake::Fake;
 use crate::load::Wrk;
 use crate::proc::{External, Proc, Proxy, free_port, out_dir, root};
-use crate::{table, verdict};
+use crate::{Targets, table};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,19 +49,20 @@ pub struct Args {
     strict: bool,
 }
 
-/// The scenarios (docs/benchmark.md says what each runs). `cache-hit-redis` is `cache-hit` with a
-/// real redis-server configured (an L1 hit must not touch it); `shared-hit` answers every request
-/// from Redis (an in-process cache too small to hold anything).
-const SCENARIOS: [&str; 9] = [
-    "bare-same",
-    "bare-unique",
-    "upstream-direct",
-    "cache-hit",
-    "cache-hit-redis",
-    "shared-hit",
-    "miss",
-    "breaker-open",
-    "slow-flaky",
+/// The scenarios (docs/benchmark.md says what each runs): name, the fake upstream's flags,
+/// shout-proxy's flags. `cache-hit-redis` is `cache-hit` with a real redis-server configured
+/// (an L1 hit must not touch it); `shared-hit` answers every request from Redis (an in-process
+/// cache too small to hold anything). `bare-*` and `upstream-direct` start no proxy.
+const SCENARIOS: [(&str, &[&str], &[&str]); 9] = [
+    ("bare-same", &[], &[]),
+    ("bare-unique", &[], &[]),
+    ("upstream-direct", &[], &[]),
+    ("cache-hit", &[], &[]),
+    ("cache-hit-redis", &[], &[]),
+    ("shared-hit", &[], &["--cache-max-bytes", "1"]),
+    ("miss", &[], &[]),
+    ("breaker-open", &["--mode", "fail"], &["--breaker-open-ms", "600000", "--breaker-max-open-ms", "600000"]),
+    ("slow-flaky", &["--latency-ms", "50", "--failure-rate", "0.3"], &[]),
 ];
 const P99_GOAL_MS: f64 = 5.0;
 
@@ -92,7 +94,11 @@ struct Measure {
     peak_rss_mib: f64,
 }
 
+/// The paths of the one-pod concurrency sweep.
+const SWEPT: [&str; 3] = ["cache-hit", "miss", "breaker-open"];
+
 /// The processes of one scenario and where wrk sends.
+#[derive(Default)]
 struct Stack {
     target: Option<Proc>,
     proxy: Option<Proxy>,
@@ -115,41 +121,28 @@ impl Stack {
     async fn start(kind: &str, run: &str, cpus: Option<&str>) -> Result<Stack> {
         let tag = format!("bench-{kind}");
         let inputs = if kind.ends_with("same") || kind.contains("hit") { "same" } else { "unique" };
-        let (target, proxy, fake, redis, url) = (None, None, None, None, String::new());
-        let mut stack = Stack { target, proxy, fake, redis, url, inputs, field: "data" };
+        let mut stack = Stack { inputs, field: "data", ..Default::default() };
         if kind.starts_with("bare") {
             let port = free_port()?;
-            let exe = std::env::current_exe()?;
-            let mut target = Proc::spawn(&tag, &exe, &["reference".into(), format!("127.0.0.1:{port}")])?;
+            let args = ["reference".into(), format!("127.0.0.1:{port}")];
+            let mut target = Proc::spawn(&tag, &std::env::current_exe()?, &args)?;
             stack.url = format!("http://127.0.0.1:{port}/");
             target.wait_ready(&stack.url, Duration::from_secs(15), true).await?;
             stack.target = Some(target);
             return Ok(stack);
         }
-        let knobs: &[&str] = match kind {
-            "breaker-open" => &["--mode", "fail"],
-            "slow-flaky" => &["--latency-ms", "50", "--failure-rate", "0.3"],
-            _ => &[],
-        };
+        let (_, knobs, extra) = SCENARIOS.iter().find(|s| s.0 == kind).context("no such scenario")?;
         let fake = Fake::start(&format!("{tag}-fake"), knobs).await?;
-        (stack.url, stack.field) = (fake.shout_url(), "INPUT");
-        stack.fake = Some(fake);
-        let Some(fake) = stack.fake.as_ref().filter(|_| kind != "upstream-direct") else { return Ok(stack) };
-        let mut flags = vec!["--log-format", "json"];
-        let redis_url;
+        if kind == "upstream-direct" {
+            (stack.url, stack.field, stack.fake) = (fake.shout_url(), "INPUT", Some(fake));
+            return Ok(stack);
+        }
         if kind == "cache-hit-redis" || kind == "shared-hit" {
-            let args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
-            let redis = External::start(&format!("{tag}-redis"), "redis-server", &args, "", None).await?;
-            redis_url = format!("redis://127.0.0.1:{}/", redis.port);
-            flags.extend(["--redis-url", &redis_url]);
-            if kind == "shared-hit" {
-                flags.extend(["--cache-max-bytes", "1"]); // nothing fits in process: Redis answers
-            }
-            stack.redis = Some(redis);
+            stack.redis = Some(External::redis(&format!("{tag}-redis")).await?);
         }
-        if kind == "breaker-open" {
-            flags.extend(["--breaker-open-ms", "600000", "--breaker-max-open-ms", "600000"]);
-        }
+        let redis_url = stack.redis.as_ref().map(External::url);
+        let mut flags: Vec<&str> = redis_url.iter().flat_map(|url| ["--redis-url", url.as_str()]).collect();
+        flags.extend(extra.iter().chain(&["--log-format", "json"]));
         let proxy = Proxy::start_on(&tag, &fake.shout_url(), &flags, cpus).await?;
         let same = format!("hello, shout-proxy bench {run}-1-000000000"); // the Lua script's fixed body
         match kind {
@@ -165,7 +158,7 @@ impl Stack {
             }
             _ => {}
         }
-        (stack.url, stack.field, stack.proxy) = (format!("{}/", proxy.url), "data", Some(proxy));
+        (stack.url, stack.proxy, stack.fake) = (format!("{}/", proxy.url), Some(proxy), Some(fake));
         Ok(stack)
     }
 
@@ -174,23 +167,16 @@ impl Stack {
         self.proxy.as_ref().map(|p| &p.proc).or(self.target.as_ref()).or(self.fake.as_ref().map(|f| &f.proc))
     }
 
+    /// wrk against this stack, with its inputs and JSON field.
+    fn wrk<'a>(&'a self, run: &'a str, connections: u32, secs: f64, cpus: Option<&'a str>) -> Wrk<'a> {
+        let (duration, inputs, field) = (Duration::from_secs_f64(secs), self.inputs, self.field);
+        Wrk { duration, connections, inputs, field, run, cpus, ..Wrk::new(&self.url) }
+    }
+
     async fn measure(&self, kind: &str, run: &str, connections: u32, secs: f64, cpus: Option<&str>) -> Result<Measure> {
-        let before = match &self.proxy {
-            Some(p) => p.metrics().await?,
-            None => Default::default(),
-        };
+        let before = if let Some(p) = &self.proxy { p.metrics().await? } else { Default::default() };
         let cpu = self.target().map_or(0.0, Proc::cpu_seconds);
-        let (inputs, field) = (self.inputs, self.field);
-        let s = Wrk {
-            duration: Duration::from_secs_f64(secs),
-            connections,
-            inputs,
-            field,
-            run,
-            cpus,
-            ..Wrk::new(&self.url)
-        };
-        let s = s.run().await?;
+        let s = self.wrk(run, connections, secs, cpus).run().await?;
         let cpu_cores = (self.target().map_or(0.0, Proc::cpu_seconds) - cpu) / (s.duration_us as f64 / 1e6);
         let l = &s.latency_us;
         let mut m = Measure {
@@ -208,24 +194,22 @@ impl Stack {
         };
         if let Some(proxy) = &self.proxy {
             let after = proxy.metrics().await?;
-            let delta = |name: &str, label: &str| -> Vec<String> {
-                let grown =
-                    after.by_label(name, label).into_iter().map(|(k, v)| (v - before.sample(name, &[(label, &k)]), k));
-                grown.filter(|(v, _)| *v > 0.0).map(|(v, k)| format!("{k} {v}")).collect()
+            // What grew during the run, by the value of `label`.
+            let grown = |name: &str, label: &str| -> Vec<(String, f64)> {
+                let mut counts = after.by_label(name, label);
+                counts.iter_mut().for_each(|(value, n)| *n -= before.sample(name, &[(label, value)]));
+                counts.into_iter().filter(|(_, n)| *n > 0.0).collect()
             };
-            let non_2xx = delta("http_server_request_duration_seconds_count", "http_response_status_code");
-            m.errors += non_2xx
-                .iter()
-                .filter(|c| !c.starts_with('2'))
-                .map(|c| c.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(1))
-                .sum::<u64>();
-            m.sources = delta("shout_answers_total", "source").join(", ");
-            let reasons = delta("shout_fallbacks_total", "reason").join(", ");
+            let list = |counts: Vec<(String, f64)>| counts.iter().map(|(v, n)| format!("{v} {n}")).collect::<Vec<_>>();
+            let statuses = grown("http_server_request_duration_seconds_count", "http_response_status_code");
+            m.errors += statuses.iter().filter(|(code, _)| !code.starts_with('2')).map(|(_, n)| *n as u64).sum::<u64>();
+            m.sources = list(grown("shout_answers_total", "source")).join(", ");
+            let reasons = list(grown("shout_fallbacks_total", "reason")).join(", ");
             if !reasons.is_empty() {
                 m.sources += &format!(" ({reasons})");
             }
-            let redis = delta("shout_shared_cache_requests_total", "result").join(", ");
             if self.redis.is_some() {
+                let redis = list(grown("shout_shared_cache_requests_total", "result")).join(", ");
                 m.sources += &format!("; Redis: {}", if redis.is_empty() { "untouched" } else { &redis });
             }
             proxy.proc.assert_no_panic()?;
@@ -274,20 +258,19 @@ pub async fn run(args: Args) -> Result<()> {
     let secs = args.seconds.unwrap_or(if args.quick { 2.0 } else { 10.0 });
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 });
     let memory_inputs = args.memory_inputs.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+    let id = std::process::id() % 1000;
     let mut best: Vec<Measure> = Vec::new();
     for round in 1..=rounds {
-        for kind in SCENARIOS.iter().filter(|k| args.only.is_empty() || args.only.iter().any(|o| o == *k)) {
-            let run = format!("r{round}{}", std::process::id() % 1000);
+        for (kind, _, _) in SCENARIOS.iter().filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.0)) {
+            let run = format!("r{round}{id}");
             let stack = Stack::start(kind, &run, None).await?;
-            let warm = format!("{run}w"); // other unique inputs than the measured ones
-            let (inputs, field, duration) = (stack.inputs, stack.field, Duration::from_secs_f64(secs / 4.0));
-            Wrk { duration, inputs, field, run: &warm, ..Wrk::new(&stack.url) }.run().await?;
+            // Warm-up on other unique inputs than the measured ones.
+            stack.wrk(&format!("{run}w"), args.connections, secs / 4.0, None).run().await?;
             let m = stack.measure(kind, &run, args.connections, secs, None).await?;
             match best.iter_mut().find(|b| b.scenario == *kind) {
                 Some(b) => {
-                    let (mut rounds, errors, peak) =
-                        (b.rounds.clone(), b.errors + m.errors, b.peak_rss_mib.max(m.peak_rss_mib));
-                    rounds.push(m.rps);
+                    let rounds = [&b.rounds[..], &[m.rps]].concat();
+                    let (errors, peak) = (b.errors + m.errors, b.peak_rss_mib.max(m.peak_rss_mib));
                     if m.rps > b.rps {
                         *b = m;
                     }
@@ -298,55 +281,73 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     let mut sweep = Vec::new();
-    for kind in if args.quick || !args.only.is_empty() { &[][..] } else { &["cache-hit", "miss", "breaker-open"][..] } {
+    for kind in if args.quick || !args.only.is_empty() { &[][..] } else { &SWEPT[..] } {
         // One pod's worth: shout-proxy pinned to CPU 1, wrk and the fake on CPU 0.
-        let stack = Stack::start(kind, &format!("s{}", std::process::id() % 1000), Some("1")).await?;
+        let stack = Stack::start(kind, &format!("s{id}"), Some("1")).await?;
         for c in [1, 2, 4, 8, 16, 32] {
-            sweep.push(
-                stack.measure(kind, &format!("s{}c{c}", std::process::id() % 1000), c, secs / 2.0, Some("0")).await?,
-            );
+            sweep.push(stack.measure(kind, &format!("s{id}c{c}"), c, secs / 2.0, Some("0")).await?);
         }
     }
     let memory = if memory_inputs > 0 && args.only.is_empty() { Some(memory_run(memory_inputs).await?) } else { None };
-    let (report, missed) = report(&args, secs, rounds, &best, &sweep, memory.as_ref());
-    println!("{report}");
     let dir = out_dir("bench")?;
     let results = json!({"scenarios": best, "sweep": sweep, "memory": memory});
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
-    std::fs::write(dir.join("results.md"), &report)?;
     let chart: Vec<Bar> = best.iter().map(|b| Bar { label: b.scenario.clone(), value: b.rps }).collect();
     let title = format!("requests/s, wrk -t1 -c{}, best of {rounds}", args.connections);
     bars(&dir.join("benchmark.svg"), &title, "requests per second", &chart)?;
+    let targets = judge(&best, memory.as_ref());
+    let report = targets.report(tables(&args, secs, rounds, &best, &sweep).trim_end(), "bench/results.md")?;
     if args.update_docs {
-        let path = root().join("docs/benchmark.md");
-        let doc = std::fs::read_to_string(&path)?;
-        let (Some(a), Some(b)) = (doc.find("<!-- bench:results:start"), doc.find("<!-- bench:results:end -->")) else {
-            bail!("docs/benchmark.md lacks the results markers")
-        };
-        let a = a + doc[a..].find('\n').unwrap_or(0) + 1;
-        std::fs::write(&path, format!("{}{report}{}", &doc[..a], &doc[b..]))?;
-        std::fs::copy(dir.join("benchmark.svg"), root().join("docs/benchmark.svg"))?;
+        update_docs("benchmark.md", "bench:results", &report, &dir.join("benchmark.svg"))?;
     }
-    if args.strict { Ok(missed?) } else { Ok(()) }
+    if args.strict { targets.verdict() } else { Ok(()) }
 }
 
-type Report = (String, Result<(), crate::Missed>);
+/// The benchmark's targets, judged on the best rounds and the memory run.
+fn judge(best: &[Measure], memory: Option<&Value>) -> Targets {
+    let mut targets = Targets::new("bench");
+    let get = |k: &str| best.iter().find(|b| b.scenario == k);
+    for (a, b, min) in [
+        ("cache-hit", "bare-same", 0.9),
+        ("breaker-open", "bare-unique", 0.9),
+        ("miss", "upstream-direct", 0.45),
+        ("cache-hit-redis", "cache-hit", 0.9),
+    ] {
+        if let (Some(x), Some(y)) = (get(a), get(b)) {
+            targets.check(format!("{a} >= {min}x {b}"), x.rps / y.rps >= min, format!("{:.2}x", x.rps / y.rps));
+        }
+    }
+    if let Some(b) = get("cache-hit-redis") {
+        let untouched = b.sources.contains("Redis: untouched");
+        targets.check("an L1 hit never touches Redis (cache-hit-redis)", untouched, &b.sources);
+    }
+    let errors = best.iter().map(|b| b.errors).sum::<u64>() + memory.map_or(0, |m| m["errors"].as_u64().unwrap_or(0));
+    targets.check("zero non-2xx (and socket errors) everywhere", errors == 0, errors.to_string());
+    for b in best.iter().filter(|b| ["cache-hit", "breaker-open"].contains(&b.scenario.as_str())) {
+        let target = format!("p99 < {P99_GOAL_MS} ms at {} connections: {}", b.connections, b.scenario);
+        targets.check(target, b.p99_ms < P99_GOAL_MS, format!("{:.2} ms", b.p99_ms));
+    }
+    let proxied = best.iter().filter(|b| !b.scenario.starts_with("bare") && b.scenario != "upstream-direct");
+    let peak = proxied.map(|b| b.peak_rss_mib).fold(0.0, f64::max);
+    targets.check("peak RSS < 100 MiB in the proxy scenarios", peak < 100.0, format!("{peak:.1} MiB"));
+    if let Some(m) = memory {
+        let rss = m["rss_mib"].as_f64().unwrap_or(f64::NAN);
+        let (cache, secs) = (&m["cache"], m["seconds"].as_f64().unwrap_or(0.0));
+        let (entries, bytes) = (&cache["entries"], &cache["weighted_bytes"]);
+        let measured = format!("{rss:.1} MiB (cache {entries} entries weighing {bytes} bytes, {secs:.0} s)");
+        let target = format!("RSS after {} unique inputs <= 64 MiB cache bound + 50 MiB", m["inputs"]);
+        targets.check(target, rss <= 114.0, measured);
+    }
+    targets
+}
 
-fn report(
-    args: &Args,
-    secs: f64,
-    rounds: usize,
-    best: &[Measure],
-    sweep: &[Measure],
-    memory: Option<&Value>,
-) -> Report {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+/// The results' tables: every scenario's best round, then the sweep and the HPA target it gives.
+fn tables(args: &Args, secs: f64, rounds: usize, best: &[Measure], sweep: &[Measure]) -> String {
     let mut out = format!(
-        "`cargo xtask bench{}`: wrk -t1 -c{}, {secs} s per run, best of {rounds} interleaved round(s); {cores} cores, load average {} after.\n\n",
+        "`cargo xtask bench{}`: wrk -t1 -c{}, {secs} s per run, best of {rounds} interleaved round(s); {} after.\n\n",
         if args.quick { " --quick" } else { "" },
         args.connections,
-        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+        machine()
     );
     let mut rows = Vec::new();
     for b in best {
@@ -356,71 +357,51 @@ fn report(
         rows.push(format!("{head}|{}|{}|{:.2}|{per_core:.0}|{:.1}", b.errors, b.sources, b.cpu_cores, b.peak_rss_mib));
     }
     let header = "scenario|req/s (best)|all rounds|p50 ms|p99 ms|p99.9 ms|errors|answers by source (fallbacks by reason)|server CPU cores|req/s per core|peak RSS MiB";
-    out += &format!("\n{}\n", table(header, &rows));
-    let get = |k: &str| best.iter().find(|b| b.scenario == k);
-    let mut targets: Vec<(String, bool, String)> = Vec::new();
-    for (a, b, min) in [
-        ("cache-hit", "bare-same", 0.9),
-        ("breaker-open", "bare-unique", 0.9),
-        ("miss", "upstream-direct", 0.45),
-        ("cache-hit-redis", "cache-hit", 0.9),
-    ] {
-        if let (Some(x), Some(y)) = (get(a), get(b)) {
-            targets.push((format!("{a} >= {min}x {b}"), x.rps / y.rps >= min, format!("{:.2}x", x.rps / y.rps)));
+    out += &table(header, &rows);
+    if sweep.is_empty() {
+        return out;
+    }
+    out += "\nOne pod's worth (shout-proxy pinned to one CPU, wrk and the fake on the other): req/s / p99 ms / shout-proxy CPU by connections:\n\n";
+    let mut binding: Option<(&str, f64)> = None;
+    let mut rows = Vec::new();
+    for kind in SWEPT {
+        let points: Vec<&Measure> = sweep.iter().filter(|p| p.scenario == kind).collect();
+        let within = |p: &&&Measure| p.p99_ms < P99_GOAL_MS && p.errors == 0;
+        let top = points.iter().filter(within).max_by(|a, b| a.rps.total_cmp(&b.rps));
+        if let Some(p) = top.filter(|p| binding.is_none_or(|(_, r)| p.rps < r)) {
+            binding = Some((kind, p.rps));
         }
+        let cells: Vec<String> =
+            points.iter().map(|p| format!("{:.0} / {:.1} / {:.2}", p.rps, p.p99_ms, p.cpu_cores)).collect();
+        let top = top.map_or("-".into(), |p| format!("{:.0} req/s (c={})", p.rps, p.connections));
+        rows.push(format!("{kind}|{}|{top}", cells.join("|")));
     }
-    if let Some(b) = get("cache-hit-redis") {
-        let untouched = b.sources.contains("Redis: untouched");
-        targets.push(("an L1 hit never touches Redis (cache-hit-redis)".into(), untouched, b.sources.clone()));
-    }
-    let errors = best.iter().map(|b| b.errors).sum::<u64>() + memory.map_or(0, |m| m["errors"].as_u64().unwrap_or(0));
-    targets.push(("zero non-2xx (and socket errors) everywhere".into(), errors == 0, errors.to_string()));
-    for b in best.iter().filter(|b| ["cache-hit", "breaker-open"].contains(&b.scenario.as_str())) {
-        let target = format!("p99 < {P99_GOAL_MS} ms at {} connections: {}", b.connections, b.scenario);
-        targets.push((target, b.p99_ms < P99_GOAL_MS, format!("{:.2} ms", b.p99_ms)));
-    }
-    let proxied =
-        |b: &&Measure| get("cache-hit").is_some() && !b.scenario.starts_with("bare") && b.scenario != "upstream-direct";
-    let peak = best.iter().filter(proxied).map(|b| b.peak_rss_mib).fold(0.0, f64::max);
-    targets.push(("peak RSS < 100 MiB in the proxy scenarios".into(), peak < 100.0, format!("{peak:.1} MiB")));
-    if let Some(m) = memory {
-        let rss = m["rss_mib"].as_f64().unwrap_or(f64::NAN);
-        let (cache, secs) = (&m["cache"], m["seconds"].as_f64().unwrap_or(0.0));
-        let measured = format!(
-            "{rss:.1} MiB (cache {} entries weighing {} bytes, {secs:.0} s)",
-            cache["entries"], cache["weighted_bytes"]
+    out += &table("path|c=1|c=2|c=4|c=8|c=16|c=32|sustained with p99 < 5 ms", &rows);
+    if let Some((kind, rps)) = binding {
+        out += &format!(
+            "\nHPA target: binding path `{kind}`, {rps:.0} req/s per pod within p99 < {P99_GOAL_MS} ms, x 0.6 headroom = **{:.0} req/s per pod**.\n",
+            (rps * 0.6 / 50.0).floor() * 50.0
         );
-        targets.push((
-            format!("RSS after {} unique inputs <= 64 MiB cache bound + 50 MiB", m["inputs"]),
-            rss <= 114.0,
-            measured,
-        ));
     }
-    let (table_of_targets, missed) = verdict(&targets);
-    out += &table_of_targets;
-    if !sweep.is_empty() {
-        out += "\nOne pod's worth (shout-proxy pinned to one CPU, wrk and the fake on the other): req/s / p99 ms / shout-proxy CPU by connections:\n\n";
-        let mut binding: Option<(&str, f64)> = None;
-        let mut rows = Vec::new();
-        for kind in ["cache-hit", "miss", "breaker-open"] {
-            let points: Vec<&Measure> = sweep.iter().filter(|p| p.scenario == kind).collect();
-            let within = |p: &&&Measure| p.p99_ms < P99_GOAL_MS && p.errors == 0;
-            let top = points.iter().filter(within).max_by(|a, b| a.rps.total_cmp(&b.rps));
-            if let Some(p) = top.filter(|p| binding.is_none_or(|(_, r)| p.rps < r)) {
-                binding = Some((kind, p.rps));
-            }
-            let cells: Vec<String> =
-                points.iter().map(|p| format!("{:.0} / {:.1} / {:.2}", p.rps, p.p99_ms, p.cpu_cores)).collect();
-            let top = top.map_or("-".into(), |p| format!("{:.0} req/s (c={})", p.rps, p.connections));
-            rows.push(format!("{kind}|{}|{top}", cells.join("|")));
-        }
-        out += &table("path|c=1|c=2|c=4|c=8|c=16|c=32|sustained with p99 < 5 ms", &rows);
-        if let Some((kind, rps)) = binding {
-            out += &format!(
-                "\nHPA target: binding path `{kind}`, {rps:.0} req/s per pod within p99 < {P99_GOAL_MS} ms, x 0.6 headroom = **{:.0} req/s per pod**.\n",
-                (rps * 0.6 / 50.0).floor() * 50.0
-            );
-        }
-    }
-    (out, missed)
+    out
+}
+
+/// The machine a report was measured on: cores and load average.
+pub fn machine() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, load average {}", load.split(' ').take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// Replaces the lines between `<!-- {marker}:start` and `<!-- {marker}:end -->` in `docs/{doc}`
+/// with `text`, and copies the chart `svg` into `docs/`.
+pub fn update_docs(doc: &str, marker: &str, text: &str, svg: &Path) -> Result<()> {
+    let path = root().join("docs").join(doc);
+    let old = std::fs::read_to_string(&path)?;
+    let (start, end) = (format!("<!-- {marker}:start"), format!("<!-- {marker}:end -->"));
+    let (Some(a), Some(b)) = (old.find(&start), old.find(&end)) else { bail!("docs/{doc} lacks {start} and {end}") };
+    let a = a + old[a..].find('\n').map_or(0, |n| n + 1);
+    std::fs::write(&path, format!("{}{text}{}", &old[..a], &old[b..]))?;
+    std::fs::copy(svg, root().join("docs").join(svg.file_name().context("a chart file name")?))?;
+    Ok(())
 }
