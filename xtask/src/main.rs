@@ -3,16 +3,17 @@
 //! # Layout
 //!
 //! - `proc`: processes (service, fake upstream, external servers), free ports, readiness, logs;
-//! - `prom`: the Prometheus text reader and metric-value assertions;
+//! - `prom`: the Prometheus text reader, Prometheus durations compressed;
 //! - `fake`: the fake upstream (`examples/fake_shoutcloud.rs`) and its `/control` API;
 //! - `client`: HTTP shouts checked against the crate's transform, raw TCP clients;
 //! - `load`: wrk; `chart`: plotters;
 //! - the commands: `drill` (fault drill), `hostile` (hostile clients and upstream), `bench`
-//!   (benchmark and `reference`, its ceiling), `promcheck` (the alerts firing and resolved on a real Prometheus and Alertmanager, every dashboard and alert query).
+//!   (benchmark and `reference`, its ceiling), `promcheck` (the alerts firing and resolved on a
+//!   real Prometheus and Alertmanager, every dashboard and alert query), `fleet` (instances
+//!   sharing a real Redis), `autoscale` (the HPA simulated), `with` (outside tools);
+//! - `Targets`: every command's targets, printed as judged, reported as a table.
 //!
 //! Each command exits 0 when every target is met, 1 when one is missed, 2 when it broke.
-
-#![allow(dead_code)] // TRANSITION: shared helpers adopted command by command
 
 mod autoscale;
 mod bench;

@@ -1,5 +1,5 @@
-//! The one Prometheus text-format reader of the harness, and the helpers that assert metric
-//! values: scrape, read one sample or a family's sum, compare with what was sent.
+//! The one Prometheus text-format reader of the harness (scrape, read one sample, a family's sum
+//! or its values by label), and the one way the checks compress Prometheus durations.
 //!
 //! It reads what the checks need (name, labels, value) and skips comments; a line it cannot
 //! read is an error, so a malformed exposition fails the check instead of reading as zero.
@@ -113,22 +113,6 @@ fn parse_line(line: &str) -> Result<Sample> {
 pub async fn scrape(url: &str) -> Result<Metrics> {
     let text = reqwest::get(url).await?.error_for_status()?.text().await?;
     Metrics::parse(&text)
-}
-
-/// Fails unless `after - before` of the sample equals `expected`: the way a check proves a
-/// counter counted exactly what it sent.
-pub fn assert_delta(
-    before: &Metrics,
-    after: &Metrics,
-    name: &str,
-    labels: &[(&str, &str)],
-    expected: f64,
-) -> Result<()> {
-    let delta = after.sample(name, labels) - before.sample(name, labels);
-    if (delta - expected).abs() > 1e-9 {
-        bail!("{name}{labels:?} grew by {delta}, expected {expected}");
-    }
-    Ok(())
 }
 
 /// A Prometheus duration (`30s`, `5m`, `1h`, `250ms`) divided by `factor`, at least `min_ms`,
