@@ -87,18 +87,10 @@ mod tests {
     #[test]
     fn only_what_says_the_upstream_is_sick_counts_against_it() {
         use AttemptOutcome::*;
-        let sick: Vec<_> = [
-            Success,
-            Timeout,
-            Transport,
-            ServerError,
-            Rejected,
-            Malformed,
-            Disagreement,
-        ]
-        .into_iter()
-        .filter(|o| o.verdict() == Verdict::Sick)
-        .collect();
+        use strum::IntoEnumIterator;
+        let sick: Vec<_> = AttemptOutcome::iter()
+            .filter(|o| o.verdict() == Verdict::Sick)
+            .collect();
         assert_eq!(sick, vec![Timeout, Transport, ServerError, Malformed]);
     }
 
