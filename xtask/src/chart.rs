@@ -1,4 +1,5 @@
-//! Charts drawn with plotters (SVG backend): grouped horizontal bars, one group per scenario.
+//! Charts drawn with plotters (SVG backend): one horizontal bar per label (the benchmark), and
+//! line panels stacked over one x axis (the autoscaling simulation).
 
 use std::path::Path;
 

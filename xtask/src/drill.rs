@@ -122,7 +122,8 @@ struct Drill {
 
 impl Drill {
     async fn proxy(&self, upstream: &str, name: &str) -> Result<Proxy> {
-        let mut extra = vec!["--breaker-open-ms", "2000"];
+        let open_ms = OPEN_MS.to_string();
+        let mut extra = vec!["--breaker-open-ms", &open_ms];
         extra.extend(self.args.proxy_arg.iter().map(String::as_str));
         Proxy::start(&format!("drill-{name}"), upstream, &extra).await
     }

@@ -6,7 +6,6 @@
 //! unique inputs: mean calls in flight at the fake <= 16 for one instance and for three, the
 //! breaker never opened, the upstream answered a fair share, every answer right.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -17,7 +16,7 @@ use serde_json::json;
 use crate::Targets;
 use crate::client::{Outcome, Shouter, percentile};
 use crate::fake::Fake;
-use crate::proc::{External, Proc, Proxy};
+use crate::proc::{External, Proxy};
 
 const KNEE_LATENCY_MS: f64 = 20.0;
 
@@ -118,11 +117,10 @@ pub async fn run() -> Result<()> {
     t.check("Redis paused: every answer right, p99 < 0.5 s", wrong == 0 && p99 < 500.0, m);
     signal("-CONT")?;
     sharing(&mut t, "Redis resumed: sharing resumes by itself", &fake, &proxies, Duration::from_secs(10)).await?;
-    let port = redis.port.to_string();
+    let port = redis.port;
     drop(redis);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(str::to_owned);
-    let _redis = Proc::spawn("fleet-redis-restarted", Path::new("redis-server"), &args)?;
+    let _redis = External::redis_on("fleet-redis-restarted", port).await?;
     let target = "Redis killed, restarted empty: sharing resumes";
     sharing(&mut t, target, &fake, &proxies, Duration::from_secs(15)).await?;
     knee(&mut t, &fake, 1, "1 instance", 8).await?;

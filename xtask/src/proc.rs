@@ -200,7 +200,18 @@ impl External {
         config: &str,
         ready_path: Option<&str>,
     ) -> Result<External> {
-        let port = free_port()?;
+        External::start_on(free_port()?, name, program, args, config, ready_path).await
+    }
+
+    /// As [`External::start`], on a given port.
+    async fn start_on(
+        port: u16,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        config: &str,
+        ready_path: Option<&str>,
+    ) -> Result<External> {
         let dir = out_dir(name)?;
         let fill = |s: &str| s.replace("@PORT@", &port.to_string()).replace("@DIR@", &dir.display().to_string());
         std::fs::write(dir.join("config"), fill(config))?;
@@ -219,8 +230,13 @@ impl External {
 
     /// Debian's `redis-server` on a free port, no persistence.
     pub async fn redis(name: &str) -> Result<External> {
+        External::redis_on(name, free_port()?).await
+    }
+
+    /// As [`External::redis`], on `port`: a restart where its clients already point.
+    pub async fn redis_on(name: &str, port: u16) -> Result<External> {
         let args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
-        External::start(name, "redis-server", &args, "", None).await
+        External::start_on(port, name, "redis-server", &args, "", None).await
     }
 
     /// Debian's `prometheus` with `config` (see [`External::start`] for `@DIR@`), `extra` flags.

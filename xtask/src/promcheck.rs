@@ -20,8 +20,8 @@
 //!    cannot hide a misspelt metric); every alert is healthy and its runbook link, the runbook's
 //!    panel references and `/status` fields exist; `promtool check metrics` has nothing to say.
 //!
-//! The static checks (promtool rules and tests, k8s copies, kustomize) stay in
-//! `.ci/prometheus-check.sh`, which calls this.
+//! The static checks (promtool rules and tests, k8s copies) stay in `.ci/prometheus-check.sh`,
+//! which calls this; how `k8s/monitoring` renders is `.ci/validate-delivery.sh`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
