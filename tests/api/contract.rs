@@ -2,7 +2,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{raw_connection, spawn_app, spawn_app_with};
 
 const ORIGINAL_MESSAGE: &str = "Data was not able to be parsed from request. Please try again.";
 
@@ -53,11 +53,7 @@ async fn extra_json_fields_are_ignored() {
     app.healthy_upstream().await;
 
     let answer = app
-        .post(
-            "/",
-            Some("application/json"),
-            r#"{"data": "ab", "other": [1, 2]}"#,
-        )
+        .post_root("application/json", r#"{"data": "ab", "other": [1, 2]}"#)
         .await;
 
     assert_eq!((answer.status, answer.data()), (200, "BA"));
@@ -71,11 +67,7 @@ async fn the_original_readme_curl_with_a_json_body_under_the_form_type_works() {
     app.healthy_upstream().await;
 
     let answer = app
-        .post(
-            "/",
-            Some("application/x-www-form-urlencoded"),
-            r#"{"data": "test"}"#,
-        )
+        .post_root("application/x-www-form-urlencoded", r#"{"data": "test"}"#)
         .await;
 
     assert_eq!((answer.status, answer.data()), (200, "TSET"));
@@ -160,7 +152,7 @@ async fn a_body_over_the_limit_gets_a_json_413() {
     app.healthy_upstream().await;
     let body = format!(r#"{{"data": "{}"}}"#, "a".repeat(2000));
 
-    let answer = app.post("/", Some("application/json"), body).await;
+    let answer = app.post_root("application/json", body).await;
 
     assert_eq!(answer.status, 413);
     assert!(
@@ -173,10 +165,7 @@ async fn a_body_over_the_limit_gets_a_json_413() {
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_gets_413_without_a_content_length() {
     let app = spawn_app_with(|s| s.max_body_bytes = 1024).await;
-    let port = app.address.rsplit(':').next().unwrap();
-    let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let mut stream = raw_connection(&app.address).await;
     let chunk = "a".repeat(1500);
     let request = format!(
         "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
@@ -285,17 +274,13 @@ async fn a_charset_other_than_utf8_and_invalid_percent_encoding_get_400s_naming_
     app.healthy_upstream().await;
 
     let latin1 = app
-        .post(
-            "/",
-            Some("application/json; charset=latin1"),
-            r#"{"data":"x"}"#,
-        )
+        .post_root("application/json; charset=latin1", r#"{"data":"x"}"#)
         .await;
     let invalid = app
-        .post("/", Some("application/x-www-form-urlencoded"), "data=%FF")
+        .post_root("application/x-www-form-urlencoded", "data=%FF")
         .await;
     let bom = app
-        .post("/", Some("application/json"), "\u{feff}{\"data\":\"bom\"}")
+        .post_root("application/json", "\u{feff}{\"data\":\"bom\"}")
         .await;
 
     assert_eq!(latin1.status, 400);

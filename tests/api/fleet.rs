@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shout_proxy::Settings;
 use wiremock::MockServer;
 
-use crate::helpers::{TestApp, shout_call, shoutcloud, spawn_with_settings, test_settings};
+use crate::helpers::{TestApp, spawn_with_settings, test_settings};
 
 /// A `redis-server` child listening on a unix socket only, without persistence.
 struct Redis {
@@ -83,8 +83,9 @@ impl Drop for Redis {
     }
 }
 
-/// Three apps on `redis`, all calling the shoutcloud of the first one.
-async fn fleet(redis: &Redis) -> Vec<TestApp> {
+/// Three apps on `redis`, all calling the shoutcloud of the first one, which must be called
+/// exactly `upstream_calls` times.
+async fn fleet(redis: &Redis, upstream_calls: u64) -> Vec<TestApp> {
     let upstream = MockServer::start().await;
     let settings = |upstream: &MockServer| Settings {
         redis_url: Some(redis.url()),
@@ -95,6 +96,7 @@ async fn fleet(redis: &Redis) -> Vec<TestApp> {
     for _ in 0..2 {
         apps.push(spawn_with_settings(MockServer::start().await, shared.clone()).await);
     }
+    apps[0].healthy_upstream_expecting(upstream_calls).await;
     apps
 }
 
@@ -116,12 +118,7 @@ async fn an_input_answered_by_one_instance_is_answered_by_the_others_without_an_
     let Some(redis) = Redis::start("share").await else {
         return;
     };
-    let apps = fleet(&redis).await;
-    shout_call()
-        .respond_with(shoutcloud)
-        .expect(1)
-        .mount(&apps[0].upstream)
-        .await;
+    let apps = fleet(&redis, 1).await;
 
     let first = apps[0].shout("fleet").await;
     until_written(&apps[0], 1).await;
@@ -146,12 +143,7 @@ async fn a_value_in_redis_that_is_not_the_canonical_answer_is_refused_and_the_up
     let Some(redis) = Redis::start("poison").await else {
         return;
     };
-    let apps = fleet(&redis).await;
-    shout_call()
-        .respond_with(shoutcloud)
-        .expect(1)
-        .mount(&apps[0].upstream)
-        .await;
+    let apps = fleet(&redis, 1).await;
     let key = shout_proxy::shared_cache::key("poison");
     assert_eq!(redis.cli(&["SET", &key, "=EVIL"]), "OK");
 
@@ -176,11 +168,7 @@ async fn a_dead_redis_costs_no_readiness_and_no_wrong_answer() {
     };
     drop(redis);
     let app = spawn_with_settings(upstream, settings).await;
-    shout_call()
-        .respond_with(shoutcloud)
-        .expect(3)
-        .mount(&app.upstream)
-        .await;
+    app.healthy_upstream_expecting(3).await;
 
     let ready = app.get(&format!("{}/readyz", app.admin_address)).await;
     let mut answers = Vec::new();
@@ -207,12 +195,7 @@ async fn every_request_waiting_on_a_load_that_redis_answered_is_told_it_came_fro
     let Some(redis) = Redis::start("waiters").await else {
         return;
     };
-    let apps = fleet(&redis).await;
-    shout_call()
-        .respond_with(shoutcloud)
-        .expect(1)
-        .mount(&apps[0].upstream)
-        .await;
+    let apps = fleet(&redis, 1).await;
     apps[0].shout("waiters").await;
     until_written(&apps[0], 1).await;
 

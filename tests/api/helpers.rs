@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shout_proxy::{Application, Settings};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -117,6 +118,16 @@ impl TestApp {
             .await;
     }
 
+    /// A correct shoutcloud that must be called exactly `calls` times: wiremock checks the
+    /// count when the app (and its upstream) is dropped, so a call too many or too few fails.
+    pub async fn healthy_upstream_expecting(&self, calls: u64) {
+        shout_call()
+            .respond_with(shoutcloud)
+            .expect(calls)
+            .mount(&self.upstream)
+            .await;
+    }
+
     async fn answer(response: reqwest::Response) -> Answer {
         let status = response.status().as_u16();
         let header = |name: &str| {
@@ -151,6 +162,11 @@ impl TestApp {
             request = request.header("content-type", content_type);
         }
         Self::answer(request.send().await.expect("the app answers")).await
+    }
+
+    /// `POST /` with `body` as it is, under `content_type`.
+    pub async fn post_root(&self, content_type: &str, body: impl Into<reqwest::Body>) -> Answer {
+        self.post("/", Some(content_type), body).await
     }
 
     /// `POST /` with `{"data": data}`.
@@ -191,6 +207,17 @@ impl TestApp {
             .await
             .map_or(0, |r| r.len())
     }
+}
+
+/// A raw TCP connection to a listener's `http://127.0.0.1:PORT`, for tests that write HTTP/1
+/// by hand (split heads, trickled bytes, framing a client library would not send).
+pub async fn raw_connection(address: &str) -> TcpStream {
+    let port: u16 = address
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {address}"));
+    TcpStream::connect(("127.0.0.1", port)).await.unwrap()
 }
 
 /// The value of the sample `name{labels}` in a Prometheus scrape (0 when absent).

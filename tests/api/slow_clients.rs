@@ -8,15 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{sample, spawn_app, spawn_app_with};
-
-fn port(address: &str) -> u16 {
-    address.rsplit(':').next().unwrap().parse().unwrap()
-}
+use crate::helpers::{TestApp, raw_connection, sample, spawn_app, spawn_app_with};
 
 /// Opens a connection and sends half a request head.
-async fn stall(port: u16) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+async fn stall(address: &str) -> TcpStream {
+    let mut stream = raw_connection(address).await;
     stream
         .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
         .await
@@ -28,10 +24,9 @@ async fn stall(port: u16) -> TcpStream {
 async fn stalled_heads_do_not_slow_others_down_and_are_closed_after_the_header_timeout() {
     let app = spawn_app_with(|s| s.header_read_timeout_ms = 500).await;
     app.healthy_upstream().await;
-    let port = port(&app.address);
     let mut stalled = Vec::new();
     for _ in 0..200 {
-        stalled.push(stall(port).await);
+        stalled.push(stall(&app.address).await);
     }
 
     let started = Instant::now();
@@ -76,7 +71,7 @@ async fn the_connection_cap_makes_new_connections_wait_for_a_free_slot() {
     })
     .await;
     app.healthy_upstream().await;
-    let _holder = stall(port(&app.address)).await;
+    let _holder = stall(&app.address).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let started = Instant::now();
@@ -90,10 +85,17 @@ async fn the_connection_cap_makes_new_connections_wait_for_a_free_slot() {
     );
 }
 
+/// The header timeout of the trickle tests.
+const HEADER_TIMEOUT_MS: u64 = 500;
+
+/// How soon a trickled head must be closed: the header timeout, the 100 ms between bytes, and
+/// slack for a loaded machine.
+const CLOSED_WITHIN: Duration = Duration::from_millis(HEADER_TIMEOUT_MS + 1000);
+
 /// Sends `prefix`, then trickles a request head one byte every 100 ms; returns how long the
-/// server took to close the connection (`None`: still open after `limit`).
-async fn trickle_until_closed(port: u16, prefix: &[u8], limit: Duration) -> Option<Duration> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+/// server took to close the connection, and fails the test if it is still open after 5 s.
+async fn trickle_until_closed(address: &str, prefix: &[u8]) -> Duration {
+    let stream = raw_connection(address).await;
     let (mut reader, mut writer) = stream.into_split();
     let started = Instant::now();
     writer.write_all(prefix).await.unwrap();
@@ -106,7 +108,7 @@ async fn trickle_until_closed(port: u16, prefix: &[u8], limit: Duration) -> Opti
         }
     });
     let mut sink = Vec::new();
-    let closed = tokio::time::timeout(limit, async {
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buffer = [0u8; 1024];
         loop {
             match reader.read(&mut buffer).await {
@@ -117,47 +119,61 @@ async fn trickle_until_closed(port: u16, prefix: &[u8], limit: Duration) -> Opti
     })
     .await;
     trickle.abort();
-    closed.ok().map(|()| started.elapsed())
+    closed.expect("the server closed the trickled connection within 5 s");
+    started.elapsed()
 }
 
-/// A complete request that keeps the connection open, and its expected answer's status line.
+/// `shout_connections_closed_total{listener, reason}`, read once at least one such close is
+/// counted or 2 s have passed: a client can see the close before the server counts it.
+async fn closed_connections(app: &TestApp, listener: &str, reason: &str) -> f64 {
+    let series =
+        format!(r#"shout_connections_closed_total{{listener="{listener}",reason="{reason}"}}"#);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let closed = sample(&app.metrics().await, &series);
+        if closed > 0.0 || Instant::now() >= deadline {
+            return closed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A complete request that keeps the connection open.
 const COMPLETE: &[u8] =
     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"data\":\"a\"}\n";
 
+/// A connection whose `COMPLETE` request was answered 200 and which now stays open, idle.
+async fn kept_alive(address: &str) -> TcpStream {
+    let mut stream = raw_connection(address).await;
+    stream.write_all(COMPLETE).await.unwrap();
+    let mut buffer = [0u8; 512];
+    let n = stream.read(&mut buffer).await.unwrap();
+    let answer = String::from_utf8_lossy(&buffer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stream
+}
+
 #[tokio::test]
 async fn a_head_trickled_after_a_leading_blank_line_is_closed_within_the_header_timeout() {
-    let app = spawn_app_with(|s| s.header_read_timeout_ms = 500).await;
+    let app = spawn_app_with(|s| s.header_read_timeout_ms = HEADER_TIMEOUT_MS).await;
 
-    let closed =
-        trickle_until_closed(port(&app.address), b"\r\n\r\n", Duration::from_secs(5)).await;
+    let closed = trickle_until_closed(&app.address, b"\r\n\r\n").await;
 
-    let closed = closed.expect("the trickled connection was closed");
-    assert!(
-        closed < Duration::from_millis(1500),
-        "closed after {closed:?}"
-    );
-    let scrape = app.metrics().await;
+    assert!(closed < CLOSED_WITHIN, "closed after {closed:?}");
     assert_eq!(
-        sample(
-            &scrape,
-            r#"shout_connections_closed_total{listener="public",reason="header_timeout"}"#
-        ),
+        closed_connections(&app, "public", "header_timeout").await,
         1.0
     );
 }
 
 #[tokio::test]
 async fn a_partial_second_request_after_a_complete_one_is_closed_within_the_header_timeout() {
-    let app = spawn_app_with(|s| s.header_read_timeout_ms = 500).await;
+    let app = spawn_app_with(|s| s.header_read_timeout_ms = HEADER_TIMEOUT_MS).await;
     app.healthy_upstream().await;
 
-    let closed = trickle_until_closed(port(&app.address), COMPLETE, Duration::from_secs(5)).await;
+    let closed = trickle_until_closed(&app.address, COMPLETE).await;
 
-    let closed = closed.expect("the trickled connection was closed");
-    assert!(
-        closed < Duration::from_millis(1500),
-        "closed after {closed:?}"
-    );
+    assert!(closed < CLOSED_WITHIN, "closed after {closed:?}");
     assert_eq!(
         app.upstream_calls().await,
         1,
@@ -167,21 +183,13 @@ async fn a_partial_second_request_after_a_complete_one_is_closed_within_the_head
 
 #[tokio::test]
 async fn the_admin_port_closes_a_trickled_head_too() {
-    let app = spawn_app_with(|s| s.header_read_timeout_ms = 500).await;
+    let app = spawn_app_with(|s| s.header_read_timeout_ms = HEADER_TIMEOUT_MS).await;
 
-    let closed = trickle_until_closed(port(&app.admin_address), b"", Duration::from_secs(5)).await;
+    let closed = trickle_until_closed(&app.admin_address, b"").await;
 
-    let closed = closed.expect("the trickled admin connection was closed");
-    assert!(
-        closed < Duration::from_millis(1500),
-        "closed after {closed:?}"
-    );
-    let scrape = app.metrics().await;
+    assert!(closed < CLOSED_WITHIN, "closed after {closed:?}");
     assert_eq!(
-        sample(
-            &scrape,
-            r#"shout_connections_closed_total{listener="admin",reason="header_timeout"}"#
-        ),
+        closed_connections(&app, "admin", "header_timeout").await,
         1.0
     );
 }
@@ -189,9 +197,7 @@ async fn the_admin_port_closes_a_trickled_head_too() {
 #[tokio::test]
 async fn an_h2c_prior_knowledge_connection_is_refused() {
     let app = spawn_app().await;
-    let mut stream = TcpStream::connect(("127.0.0.1", port(&app.address)))
-        .await
-        .unwrap();
+    let mut stream = raw_connection(&app.address).await;
 
     stream
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
@@ -208,14 +214,7 @@ async fn an_h2c_prior_knowledge_connection_is_refused() {
         !answer.starts_with(b"\x00"),
         "no HTTP/2 frame was sent back: {answer:?}"
     );
-    let scrape = app.metrics().await;
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"shout_connections_closed_total{listener="public",reason="malformed"}"#
-        ),
-        1.0
-    );
+    assert_eq!(closed_connections(&app, "public", "malformed").await, 1.0);
 }
 
 #[tokio::test]
@@ -228,15 +227,9 @@ async fn with_the_cap_full_of_idle_keep_alive_connections_a_new_client_is_answer
     })
     .await;
     app.healthy_upstream().await;
-    let port = port(&app.address);
     let mut idle = Vec::new();
     for _ in 0..cap {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        stream.write_all(COMPLETE).await.unwrap();
-        let mut buffer = [0u8; 512];
-        let n = stream.read(&mut buffer).await.unwrap();
-        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
-        idle.push(stream);
+        idle.push(kept_alive(&app.address).await);
     }
 
     let started = Instant::now();
@@ -245,22 +238,21 @@ async fn with_the_cap_full_of_idle_keep_alive_connections_a_new_client_is_answer
     let answer = answer.expect("answered within 1 s");
     assert_eq!((answer.status, answer.data()), (200, "TNEILC WEN"));
     assert!(started.elapsed() < Duration::from_secs(1));
-    let scrape = app.metrics().await;
-    let evicted = sample(
-        &scrape,
-        r#"shout_connections_closed_total{listener="public",reason="evicted_idle"}"#,
-    );
+    let evicted = closed_connections(&app, "public", "evicted_idle").await;
     assert!(evicted >= 1.0, "an idle connection made room: {evicted}");
     assert_eq!(
-        sample(&scrape, r#"shout_connections_max{listener="public"}"#),
+        sample(
+            &app.metrics().await,
+            r#"shout_connections_max{listener="public"}"#
+        ),
         cap as f64
     );
 }
 
-/// Sends `request` in `parts` on one connection and returns everything the server wrote until
+/// Sends a request in `parts` on one connection and returns everything the server wrote until
 /// it closed (the requests ask for `Connection: close`).
-async fn exchange(port: u16, parts: &[&[u8]]) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+async fn exchange(address: &str, parts: &[&[u8]]) -> String {
+    let mut stream = raw_connection(address).await;
     for part in parts {
         stream.write_all(part).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -279,7 +271,7 @@ async fn expect_100_continue_gets_a_continue_then_the_answer() {
     app.healthy_upstream().await;
 
     let answer = exchange(
-        port(&app.address),
+        &app.address,
         &[
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
             b"{\"data\":\"e\"}",
@@ -298,7 +290,7 @@ async fn a_head_with_bare_line_feeds_is_served() {
     app.healthy_upstream().await;
 
     let answer = exchange(
-        port(&app.address),
+        &app.address,
         &[b"POST / HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: 12\nConnection: close\n\n{\"data\":\"l\"}"],
     )
     .await;
@@ -315,15 +307,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_and_coun
     })
     .await;
     app.healthy_upstream().await;
-    let mut stream = TcpStream::connect(("127.0.0.1", port(&app.address)))
-        .await
-        .unwrap();
-    stream.write_all(COMPLETE).await.unwrap();
-    let mut buffer = [0u8; 512];
-    let n = stream.read(&mut buffer).await.unwrap();
-    assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+    let mut stream = kept_alive(&app.address).await;
     let answered = Instant::now();
 
+    let mut buffer = [0u8; 64];
     let closed = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer)).await;
 
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
@@ -332,14 +319,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_and_coun
         after >= Duration::from_millis(250) && after < Duration::from_millis(1300),
         "closed {after:?} after the answer"
     );
-    let scrape = app.metrics().await;
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"shout_connections_closed_total{listener="public",reason="idle"}"#
-        ),
-        1.0
-    );
+    assert_eq!(closed_connections(&app, "public", "idle").await, 1.0);
 }
 
 #[tokio::test]
@@ -349,9 +329,7 @@ async fn a_head_over_hypers_size_limit_is_refused_and_counted() {
         "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(1024 * 1024)
     );
-    let mut stream = TcpStream::connect(("127.0.0.1", port(&app.address)))
-        .await
-        .unwrap();
+    let mut stream = raw_connection(&app.address).await;
 
     // The server answers 431 and closes while the head is still arriving, so the write may
     // fail and the answer may be lost to a reset: the counter is what must be right.
@@ -364,10 +342,5 @@ async fn a_head_over_hypers_size_limit_is_refused_and_counted() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    let series = r#"shout_connections_closed_total{listener="public",reason="too_large"}"#;
-    let started = Instant::now();
-    while sample(&app.metrics().await, series) < 1.0 && started.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(sample(&app.metrics().await, series), 1.0);
+    assert_eq!(closed_connections(&app, "public", "too_large").await, 1.0);
 }
