@@ -51,6 +51,7 @@ pub struct Launch {
     flags: Vec<String>,
     /// Variables set for the child only, after the `SHOUT_*` / `OTEL_*` ones are removed.
     env: Vec<(String, String)>,
+    /// Where stdout and stderr go.
     output: Output,
 }
 
@@ -77,6 +78,7 @@ impl Launch {
         self
     }
 
+    /// Discards or captures stdout and stderr.
     pub fn output(mut self, output: Output) -> Self {
         self.output = output;
         self
