@@ -4,6 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+#[path = "../support/binary.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with another test binary, which uses the rest"
+)]
+mod binary;
 mod contract;
 mod docs;
 mod faults;

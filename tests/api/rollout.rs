@@ -2,22 +2,14 @@
 //! once, requests keep succeeding through the drain, an in-flight request finishes, and the
 //! process exits on its own well before a Kubernetes grace period (30 s).
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wiremock::MockServer;
 
+use crate::binary::Launch;
 use crate::helpers::{shout_call, slow_shoutcloud};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
@@ -26,48 +18,16 @@ async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
         .respond_with(slow_shoutcloud(5))
         .mount(&upstream)
         .await;
-    let (port, admin) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shout-proxy"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .args([
-            "--upstream-url",
-            &format!("{}/V1/SHOUT", upstream.uri()),
-            "--drain-ms",
-            "1500",
-        ])
-        .args(["--deadline-ms", "3000", "--upstream-timeout-ms", "3000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    shout_proxy::install_tls_provider();
+    let proxy = Launch::new(&upstream)
+        .flags(["--drain-ms", "1500"])
+        .flags(["--deadline-ms", "3000", "--upstream-timeout-ms", "3000"])
+        .start()
+        .await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let readyz = format!("http://127.0.0.1:{admin}/readyz");
-    let started = Instant::now();
-    while client
-        .get(&readyz)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the service did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let base = proxy.public.clone();
 
     // Steady load from 4 clients until the load balancer would have moved away.
     let sending = Arc::new(AtomicBool::new(true));
@@ -100,23 +60,10 @@ async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
     let before_stop = succeeded.load(Ordering::Relaxed);
 
     let signalled = Instant::now();
-    let pid = child.id().expect("the child runs").to_string();
-    let kill = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(kill.success());
+    proxy.sigterm().await;
     let mut turned = None;
     while signalled.elapsed() < Duration::from_millis(500) {
-        if client
-            .get(&readyz)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .ok()
-            == Some(503)
-        {
+        if proxy.readyz(&client).await == Some(503) {
             turned = Some(signalled.elapsed());
             break;
         }
@@ -151,10 +98,11 @@ async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
         during_drain > 0,
         "requests kept succeeding during the drain"
     );
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    let status = proxy
+        .exit_within(Duration::from_secs(15))
         .await
         .expect("the process exits on its own")
-        .unwrap();
+        .status;
     assert!(status.success(), "clean exit: {status:?}");
     assert!(
         signalled.elapsed() < Duration::from_secs(10),
@@ -167,51 +115,18 @@ async fn sigterm_under_load_drains_without_failing_an_accepted_request() {
 #[tokio::test]
 async fn a_second_stop_signal_during_the_drain_exits_at_once() {
     let upstream = MockServer::start().await;
-    let (port, admin) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shout-proxy"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--upstream-url", &format!("{}/V1/SHOUT", upstream.uri())])
-        .args(["--drain-ms", "20000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    shout_proxy::install_tls_provider();
+    let started = Instant::now();
+    let proxy = Launch::new(&upstream)
+        .flags(["--drain-ms", "20000"])
+        .start()
+        .await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let readyz = format!("http://127.0.0.1:{admin}/readyz");
-    let status = |client: reqwest::Client, url: String| async move {
-        client
-            .get(&url)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .ok()
-    };
-    let started = Instant::now();
-    while status(client.clone(), readyz.clone()).await != Some(200) {
-        assert!(started.elapsed() < Duration::from_secs(10), "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = child.id().expect("the child runs").to_string();
-    let term = || {
-        let pid = pid.clone();
-        async move {
-            let kill = tokio::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .await
-                .unwrap();
-            assert!(kill.success());
-        }
-    };
 
-    term().await;
-    while status(client.clone(), readyz.clone()).await != Some(503) {
+    proxy.sigterm().await;
+    while proxy.readyz(&client).await != Some(503) {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "never draining"
@@ -219,10 +134,10 @@ async fn a_second_stop_signal_during_the_drain_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let second = Instant::now();
-    term().await;
-    let exited = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+    proxy.sigterm().await;
+    let exited = proxy.exit_within(Duration::from_secs(2)).await;
 
     let exit = exited.expect("exited within 2 s of the second signal, not after the 20 s drain");
-    assert_eq!(exit.unwrap().code(), Some(130));
+    assert_eq!(exit.status.code(), Some(130));
     assert!(second.elapsed() < Duration::from_secs(2));
 }

@@ -9,6 +9,8 @@
 // Test code: an unwrap that fails is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../support/binary.rs"]
+mod binary;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;

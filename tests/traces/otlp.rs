@@ -3,7 +3,6 @@
 //! its request's server span, the caller's trace honoured, no warning), and with the receiver gone
 //! it keeps serving, counts the dropped spans and logs no line per request.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,9 +12,9 @@ use poem::listener::{Acceptor as _, TcpAcceptor};
 use poem::web::Data;
 use poem::{EndpointExt, Route, handler, post};
 use prost::Message as _;
-use tokio::io::AsyncReadExt;
 use wiremock::{MockServer, ResponseTemplate};
 
+use crate::binary::{self, Launch, Output, free_port};
 use crate::helpers::{sample, shout_call, shoutcloud};
 
 /// Every span the receiver decoded.
@@ -49,68 +48,32 @@ async fn receiver() -> (String, Received) {
     (format!("http://{addr}"), received)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The binary, running with `--otlp-endpoint endpoint` and a 100 ms batch delay.
+/// The binary, running with `--otlp-endpoint endpoint` and a 100 ms batch delay, and a client.
 struct Proxy {
-    child: tokio::process::Child,
-    public: String,
-    admin: String,
+    process: binary::Proxy,
     client: reqwest::Client,
 }
 
 impl Proxy {
     async fn start(endpoint: &str, upstream: &MockServer) -> Self {
-        shout_proxy::install_tls_provider();
-        let (port, admin) = (free_port(), free_port());
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shout-proxy"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--upstream-url", &format!("{}/V1/SHOUT", upstream.uri())])
-            .args(["--otlp-endpoint", endpoint, "--drain-ms", "0"])
+        let process = Launch::new(upstream)
+            .flags(["--otlp-endpoint", endpoint, "--drain-ms", "0"])
             // The SDK's batch delay, for the child only: export within the test's patience.
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+            .output(Output::Capture)
+            .start()
+            .await;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
             .unwrap();
-        let proxy = Proxy {
-            child,
-            public: format!("http://127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin}"),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
-        };
-        let started = Instant::now();
-        loop {
-            let ready = proxy
-                .client
-                .get(format!("{}/readyz", proxy.admin))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                return proxy;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "never ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Proxy { process, client }
     }
 
     async fn shout(&self, data: &str, traceparent: Option<&str>) -> u16 {
         let mut request = self
             .client
-            .post(format!("{}/", self.public))
+            .post(format!("{}/", self.process.public))
             .header("content-type", "application/json")
             .body(serde_json::json!({ "data": data }).to_string());
         if let Some(traceparent) = traceparent {
@@ -120,33 +83,11 @@ impl Proxy {
     }
 
     /// SIGTERM, wait for a clean exit, and return everything it wrote.
-    async fn stop(mut self) -> String {
-        let pid = self.child.id().unwrap().to_string();
-        let kill = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(kill.success());
-        let (mut stdout, mut stderr) = (
-            self.child.stdout.take().unwrap(),
-            self.child.stderr.take().unwrap(),
-        );
-        let mut output = String::new();
-        let mut errors = String::new();
-        let read = async {
-            stdout.read_to_string(&mut output).await.unwrap();
-            stderr.read_to_string(&mut errors).await.unwrap();
-        };
-        tokio::time::timeout(Duration::from_secs(15), read)
-            .await
-            .expect("the output ends");
-        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .expect("exits")
-            .unwrap();
-        assert!(status.success(), "{status:?}\n{output}\n{errors}");
-        output + &errors
+    async fn stop(self) -> String {
+        let output = self.process.stop().await;
+        // The checks on the output mean something only if the output was read.
+        assert!(output.contains("shout-proxy started"), "{output}");
+        output
     }
 }
 
@@ -208,7 +149,7 @@ async fn with_the_receiver_down_requests_succeed_and_only_a_counter_notices() {
     for i in 0..sent {
         assert_eq!(proxy.shout(&format!("r{i}"), None).await, 200);
     }
-    let metrics = format!("{}/metrics", proxy.admin);
+    let metrics = format!("{}/metrics", proxy.process.admin);
     let started = Instant::now();
     let mut dropped = 0.0;
     while dropped < f64::from(sent) && started.elapsed() < Duration::from_secs(5) {
