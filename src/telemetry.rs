@@ -415,10 +415,11 @@ mod tests {
 
     #[test]
     fn a_cut_never_splits_a_character() {
-        let line = "é".repeat(MAX_LOG_LINE);
+        // One ASCII byte first, so the bound falls inside a two-byte `é`: the cut moves back one.
+        let line = format!("a{}", "é".repeat(MAX_LOG_LINE));
         let out = write_line(line.as_bytes());
         let text = std::str::from_utf8(&out).expect("still UTF-8");
         assert!(text.ends_with(" [truncated]\n"));
-        assert!(text.len() <= MAX_LOG_LINE + TRUNCATED.len());
+        assert_eq!(text.len(), MAX_LOG_LINE - 1 + TRUNCATED.len());
     }
 }

@@ -50,10 +50,10 @@ pub const STATUSES: [&str; 13] = [
 
 /// The index in [`STATUSES`] of a status.
 fn status_index(status: u16) -> usize {
-    let text = status.to_string();
+    // Parsing the few labels allocates nothing, where formatting the status would.
     STATUSES
         .iter()
-        .position(|known| *known == text)
+        .position(|known| known.parse() == Ok(status))
         .unwrap_or(STATUSES.len() - 1)
 }
 
