@@ -183,7 +183,7 @@ impl Proxy {
     }
 }
 
-/// An external server on a free loopback port: `config` is written to
+/// An external server on a loopback port (a free one unless given): `config` is written to
 /// `target/xtask/<name>/config` with `@PORT@` and `@DIR@` replaced, `args` get the same
 /// replacements, and the server is ready when `ready_path` answers 2xx over HTTP (pass `None`
 /// for a non-HTTP server such as redis-server: then ready is "the port accepts").
@@ -193,25 +193,16 @@ pub struct External {
 }
 
 impl External {
+    /// `port`: `None` for a free one.
     pub async fn start(
         name: &str,
         program: &str,
         args: &[&str],
         config: &str,
         ready_path: Option<&str>,
+        port: Option<u16>,
     ) -> Result<External> {
-        External::start_on(free_port()?, name, program, args, config, ready_path).await
-    }
-
-    /// As [`External::start`], on a given port.
-    async fn start_on(
-        port: u16,
-        name: &str,
-        program: &str,
-        args: &[&str],
-        config: &str,
-        ready_path: Option<&str>,
-    ) -> Result<External> {
+        let port = port.map_or_else(free_port, Ok)?;
         let dir = out_dir(name)?;
         let fill = |s: &str| s.replace("@PORT@", &port.to_string()).replace("@DIR@", &dir.display().to_string());
         std::fs::write(dir.join("config"), fill(config))?;
@@ -236,14 +227,14 @@ impl External {
     /// As [`External::redis`], on `port`: a restart where its clients already point.
     pub async fn redis_on(name: &str, port: u16) -> Result<External> {
         let args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
-        External::start_on(port, name, "redis-server", &args, "", None).await
+        External::start(name, "redis-server", &args, "", None, Some(port)).await
     }
 
     /// Debian's `prometheus` with `config` (see [`External::start`] for `@DIR@`), `extra` flags.
     pub async fn prometheus(name: &str, config: &str, extra: &[&str]) -> Result<External> {
         let flags = ["--config.file=@DIR@/config", "--storage.tsdb.path=@DIR@/data", "--log.level=warn"];
         let flags = [&flags[..], &["--web.listen-address=127.0.0.1:@PORT@"], extra].concat();
-        External::start(name, "prometheus", &flags, config, Some("/-/ready")).await
+        External::start(name, "prometheus", &flags, config, Some("/-/ready"), None).await
     }
 
     /// `http://127.0.0.1:PORT`, or `redis://127.0.0.1:PORT/` for redis-server.

@@ -557,8 +557,8 @@ pub async fn run(_: Args) -> Result<()> {
     );
     let flags = "--config.file=@DIR@/config --storage.path=@DIR@/data --cluster.listen-address= --log.level=warn";
     let flags: Vec<&str> = flags.split(' ').chain(["--web.listen-address=127.0.0.1:@PORT@"]).collect();
-    let am =
-        External::start("promcheck-alertmanager", "prometheus-alertmanager", &flags, &am, Some("/-/ready")).await?;
+    let am = External::start("promcheck-alertmanager", "prometheus-alertmanager", &flags, &am, Some("/-/ready"), None)
+        .await?;
     let fake = Fake::start("promcheck-fake", &[]).await?;
     let redis = External::redis("promcheck-redis").await?;
     let flags = ["--breaker-open-ms", "1000", "--breaker-max-open-ms", "2000", "--redis-url", &redis.url()];
