@@ -189,7 +189,7 @@ def schemas(path, version):
         except Exception as e:  # invalid, a kind without a schema, or a version it does not know
             where = "".join(f".{p}" for p in getattr(e, "path", []))
             need(False, f"{name}{where} against k8s {version}: {getattr(e, 'message', e)}")
-    print(f"  {sum(not custom(d) for d in docs)} objects")
+    print(f"  {sum(not custom(d) for d in docs)} objects validated")
 
 
 # No --quiet: it drops the skipped checks (and their reasons) from the report. --skip-download:
