@@ -20,13 +20,12 @@ cargo deny --version
 for c in bans licenses sources; do judge "$c" cargo deny --locked check "$c"; done
 
 # Advisories only with a database: a fresh one, or one fetched earlier on this machine.
-stale=$(find "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" -maxdepth 2 -path '*/advisory-db-*/.git' 2>/dev/null | head -n 1 || true)
-if timeout 120 cargo deny --locked fetch db; then
-  judge advisories cargo deny --locked check advisories
-elif [ -n "$stale" ]; then
-  db_date=$(git -C "$(dirname "$stale")" log -1 --format=%cs 2>/dev/null || echo unknown)
-  echo "the advisory database could not be fetched; using the copy on this machine from $db_date"
-  judge "advisories (database of $db_date, not refreshed)" cargo deny --locked --offline check advisories
+refreshed="refreshed now"
+timeout 120 cargo deny --locked fetch db || refreshed="NOT refreshed: GitHub unreachable"
+db=$(find "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" -maxdepth 2 -path '*/advisory-db-*/.git' 2>/dev/null | head -n 1 || true)
+if [ -n "$db" ]; then
+  db_date=$(git -C "$(dirname "$db")" log -1 --format=%cs 2>/dev/null || echo unknown)
+  judge "advisories (database of $db_date, $refreshed)" cargo deny --locked --offline check advisories
 elif [ "${DENY_REQUIRE_ADVISORIES:-0}" = 1 ]; then
   fail "advisories: no advisory database (GitHub unreachable), required by DENY_REQUIRE_ADVISORIES=1"
 else
