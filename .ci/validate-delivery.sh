@@ -122,9 +122,8 @@ section "Dockerfile"
 judge "hadolint Dockerfile" hadolint Dockerfile
 judge "checkov dockerfile" delivery checkov --framework dockerfile -f Dockerfile
 # The image must keep the contract's ports and probe, whatever the linters think.
-missing=()
 while IFS='|' read -r what file pattern; do
-  grep -Eq "$pattern" "$file" || missing+=("$what")
+  judge "Dockerfile contract: $what" grep -Eq "$pattern" "$file"
 done <<'TABLE'
 EXPOSE 8080 8081|Dockerfile|^EXPOSE[[:space:]]+8080[[:space:]]+8081
 HEALTHCHECK via shout-proxy healthcheck|Dockerfile|CMD \["/usr/local/bin/shout-proxy", "healthcheck"\]
@@ -133,8 +132,6 @@ locked release build|Dockerfile|cargo build --release --locked --bin shout-proxy
 distroless cc-debian12:nonroot runtime|Dockerfile|^FROM gcr\.io/distroless/cc-debian12:nonroot
 .dockerignore excludes target/|.dockerignore|^target/
 TABLE
-judge "Dockerfile contract (ports, healthcheck, user, runtime, .dockerignore)${missing[*]:+: missing ${missing[*]}}" \
-  [ "${#missing[@]}" -eq 0 ]
 
 section "GitHub Actions"
 # actionlint runs shellcheck on every `run:` block (shellcheck is on PATH here).

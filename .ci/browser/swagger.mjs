@@ -17,7 +17,7 @@ const service = new URL(baseUrl);
 const args = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-const [failures, requests, offHost, pageErrors] = [[], [], [], []];
+const [failures, requests, offHost] = [[], [], []];
 
 
 // A fresh browser profile in a temporary directory that Playwright removes on close.
@@ -37,7 +37,7 @@ try {
     return route.abort('blockedbyclient');
   });
   page.setDefaultTimeout(30_000);
-  page.on('pageerror', (error) => pageErrors.push(String(error)));
+  page.on('pageerror', (error) => failures.push(`page error: ${error}`));
 
   const docs = await page.goto(`${baseUrl}/docs`, { waitUntil: 'load' });
   if (docs?.status() !== 200) failures.push(`GET /docs answered ${docs?.status()}`);
@@ -72,7 +72,6 @@ try {
 }
 
 if (offHost.length > 0) failures.push(`${offHost.length} request(s) left ${service.host}: ${[...new Set(offHost)].join(', ')}`);
-if (pageErrors.length > 0) failures.push(`page errors: ${pageErrors.join(' | ')}`);
 
 console.log(`requests made by the page (${requests.length}):\n  ${requests.join('\n  ')}\nscreenshot: ${screenshot}`);
 if (failures.length > 0) {
