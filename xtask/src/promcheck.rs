@@ -145,48 +145,39 @@ impl Check {
 
     /// Fails on names the service does not export; returns the query's metric names.
     fn names(&mut self, id: &str, expr: &str) -> BTreeSet<String> {
-        let ast = match parser::parse(expr) {
-            Ok(ast) => ast,
-            Err(e) => {
-                self.fail(format!("{id}: promql-parser rejects {expr:?}: {e}"));
-                return BTreeSet::new();
-            }
-        };
         let mut n = Names::default();
-        walk_expr(&mut n, &ast).ok(); // the visitor never fails
+        if let Err(e) = parser::parse(expr).map(|ast| walk_expr(&mut n, &ast)) {
+            self.fail(format!("{id}: promql-parser rejects {expr:?}: {e}"));
+            return BTreeSet::new();
+        }
         n.metrics.remove("");
-        if n.metrics.is_empty() {
-            self.fail(format!("{id}: no metric name in {expr:?}"));
+        let own: Vec<&String> = n.metrics.iter().filter(|m| self.exposition.contains_key(*m)).collect();
+        let mut problems: Vec<String> =
+            n.metrics.is_empty().then(|| format!("no metric name in {expr:?}")).into_iter().collect();
+        for name in n.metrics.iter().filter(|m| !own.contains(m) && !is_ksm(m) && *m != "up") {
+            problems.push(format!("metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"));
         }
-        for name in &n.metrics {
-            if !self.exposition.contains_key(name) && !is_ksm(name) && name != "up" {
-                self.fail(format!(
-                    "{id}: metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"
-                ));
-            }
-        }
-        let mut available: BTreeSet<String> = TARGET_LABELS.iter().chain(&["le"]).map(|s| s.to_string()).collect();
         for (metric, label, equal, value) in &n.matchers {
             let Some(labels) = self.exposition.get(metric) else { continue };
             if TARGET_LABELS.contains(&label.as_str()) || label == "__name__" {
                 continue;
             }
             match labels.get(label) {
-                None => self.fail(format!("{id}: label {label} is not on {metric}")),
+                None => problems.push(format!("label {label} is not on {metric}")),
                 Some(values) if *equal && !values.contains(value) => {
-                    self.fail(format!("{id}: {metric}{{{label}=\"{value}\"}} never seen"))
+                    problems.push(format!("{metric}{{{label}=\"{value}\"}} never seen"))
                 }
                 _ => {}
             }
         }
-        let own: Vec<String> = n.metrics.iter().filter(|m| self.exposition.contains_key(*m)).cloned().collect();
-        for m in &own {
-            available.extend(self.exposition[m].keys().cloned());
+        // A grouping label is one of the scrape's, a histogram's `le` or on a metric of ours.
+        let on_own = own.iter().flat_map(|m| self.exposition[*m].keys().map(String::as_str));
+        let available: BTreeSet<&str> = TARGET_LABELS.into_iter().chain(["le"]).chain(on_own).collect();
+        for label in n.grouping.iter().filter(|l| !own.is_empty() && !available.contains(l.as_str())) {
+            problems.push(format!("grouping label {label} is on none of {own:?}"));
         }
-        if !own.is_empty() {
-            for label in n.grouping.difference(&available) {
-                self.fail(format!("{id}: grouping label {label} is on none of {own:?}"));
-            }
+        for problem in problems {
+            self.fail(format!("{id}: {problem}"));
         }
         n.metrics
     }
