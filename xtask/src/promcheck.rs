@@ -152,8 +152,10 @@ impl Check {
         }
         n.metrics.remove("");
         let own: Vec<&String> = n.metrics.iter().filter(|m| self.exposition.has(m)).collect();
-        let mut problems: Vec<String> =
-            n.metrics.is_empty().then(|| format!("no metric name in {expr:?}")).into_iter().collect();
+        let mut problems = Vec::new();
+        if n.metrics.is_empty() {
+            problems.push(format!("no metric name in {expr:?}"));
+        }
         for name in n.metrics.iter().filter(|m| !own.contains(m) && !is_ksm(m) && *m != "up") {
             problems.push(format!("metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"));
         }
