@@ -4,7 +4,7 @@
 //! It reads what the checks need (name, labels, value) and skips comments; a line it cannot
 //! read is an error, so a malformed exposition fails the check instead of reading as zero.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 /// One sample: name, labels in exposition order, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,43 +65,24 @@ impl Metrics {
 
 fn parse_line(line: &str) -> Result<Sample> {
     let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).context("no value")?;
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
+    let (name, mut rest) = line.split_at(name_end);
     let mut labels = Vec::new();
-    if let Some(body) = rest.strip_prefix('{') {
-        let mut chars = body.char_indices();
-        let (mut key, mut value, mut in_value, mut escaped) = (String::new(), String::new(), false, false);
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match (in_value, c) {
-                (false, '}') => {
-                    end = Some(i);
-                    break;
-                }
-                (false, ',' | ' ') => {}
-                (false, '=') => {
-                    if chars.next().map(|(_, c)| c) != Some('"') {
-                        bail!("label value not quoted");
-                    }
-                    in_value = true;
-                }
-                (false, c) => key.push(c),
-                (true, c) if escaped => {
-                    value.push(if c == 'n' { '\n' } else { c });
-                    escaped = false;
-                }
-                (true, '\\') => escaped = true,
-                (true, '"') => {
-                    labels.push((std::mem::take(&mut key), std::mem::take(&mut value)));
-                    in_value = false;
-                }
-                (true, c) => value.push(c),
+    if let Some(mut body) = rest.strip_prefix('{') {
+        loop {
+            body = body.trim_start_matches([',', ' ']);
+            if let Some(after) = body.strip_prefix('}') {
+                rest = after;
+                break;
             }
+            let (key, value) = body.split_once('=').context("a label without a value")?;
+            ensure!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "label name {key:?}");
+            // A label value is quoted and escaped as a JSON string is (`\\`, `\"`, `\n`).
+            let mut json = serde_json::Deserializer::from_str(value).into_iter::<String>();
+            labels.push((key.to_owned(), json.next().context("labels not closed")??));
+            body = &value[json.byte_offset()..];
         }
-        rest = &body[end.context("labels not closed")? + 1..];
     }
-    let value = rest.split_whitespace().next().context("no value")?;
-    let value = match value {
+    let value = match rest.split_whitespace().next().context("no value")? {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().with_context(|| format!("value {v:?}"))?,
@@ -156,6 +137,9 @@ mod tests {
         assert_eq!(m.by_label("shout_answers_total", "z"), vec![("1".to_owned(), 4.0)]);
         assert_eq!(m.sample("h_bucket", &[("le", "+Inf")]), 7.0);
         assert_eq!(m.sum("up"), 1.0);
+        let escaped = Metrics::parse("x{a=\"p\\\\q\\nr\"} 1 1700000000000\n")?;
+        assert_eq!(escaped.0[0].labels, vec![("a".to_owned(), "p\\q\nr".to_owned())]);
+        assert_eq!(escaped.0[0].value, 1.0);
         Ok(())
     }
 
@@ -172,5 +156,7 @@ mod tests {
     fn a_malformed_line_is_an_error() {
         assert!(Metrics::parse("x{a=\"1\" 2\n").is_err());
         assert!(Metrics::parse("x notanumber\n").is_err());
+        assert!(Metrics::parse("x{a!=\"1\"} 2\n").is_err());
+        assert!(Metrics::parse("x{a=1} 2\n").is_err());
     }
 }
