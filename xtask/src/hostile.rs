@@ -175,10 +175,10 @@ pub async fn run(args: Args) -> Result<()> {
         let target = format!("{knob}: 30 inputs twice, 60 correct fallbacks (none cached), each counted");
         t.check(target, ok == 60 && counted == 60.0, format!("{ok}/60 correct, {measured}"));
     }
-    let (m, breaker) = (proxy.metrics().await?, proxy.status().await?["pipeline"]["breaker"]["state"].clone());
-    let trips = m.sample("shout_breaker_transitions_total", &[("state", "open")]);
+    // No transition to open since start: the breaker stayed closed.
+    let trips = proxy.metrics().await?.sample("shout_breaker_transitions_total", &[("state", "open")]);
     let target = "after the cases by content, beside normal traffic: the breaker closed, never opened";
-    t.check(target, breaker == "closed" && trips == 0.0, format!("{breaker}, {trips} trips"));
+    t.check(target, trips == 0.0, format!("{trips} trips"));
     fake.set(json!({})).await?;
     stop.store(true, Ordering::Relaxed);
     let normal = normal.await?;
