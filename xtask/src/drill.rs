@@ -111,7 +111,8 @@ fn breaker_gauge(metrics: &Metrics) -> String {
 }
 
 struct Drill {
-    args: Args,
+    /// Extra flags for every proxy.
+    proxy_arg: Vec<String>,
     fake: Fake,
     /// The reset server's port and the connections it accepted during the current mode.
     reset: (u16, Arc<AtomicU64>),
@@ -124,7 +125,7 @@ impl Drill {
     async fn proxy(&self, upstream: &str, name: &str) -> Result<Proxy> {
         let open_ms = OPEN_MS.to_string();
         let mut extra = vec!["--breaker-open-ms", &open_ms];
-        extra.extend(self.args.proxy_arg.iter().map(String::as_str));
+        extra.extend(self.proxy_arg.iter().map(String::as_str));
         Proxy::start(&format!("drill-{name}"), upstream, &extra).await
     }
 
@@ -257,17 +258,16 @@ impl Drill {
 
 pub async fn run(args: Args) -> Result<()> {
     let (started, fake, reset) = (Instant::now(), Fake::start("drill-fake", &[]).await?, reset_server().await?);
-    let mut d = Drill { fake, reset, rows: vec![], targets: Targets::new("drill"), args };
-    let wanted = |mode: &Mode| d.args.modes.is_empty() || d.args.modes.iter().any(|m| mode.0.starts_with(m));
-    let modes: Vec<Mode> = MODES.into_iter().filter(wanted).collect();
-    for mode in modes {
+    let Args { modes, proxy_arg } = args;
+    let mut d = Drill { proxy_arg, fake, reset, rows: vec![], targets: Targets::new("drill") };
+    for mode in MODES.into_iter().filter(|m| modes.is_empty() || modes.iter().any(|w| m.0.starts_with(w))) {
         d.run_mode(mode).await?;
         if mode.0 == "5xx-503" {
             d.recovery().await?;
         }
     }
     d.fake.proc.assert_no_panic()?;
-    let (extra, secs) = (d.args.proxy_arg.join(" "), started.elapsed().as_secs_f64());
+    let (extra, secs) = (d.proxy_arg.join(" "), started.elapsed().as_secs_f64());
     let head = format!(
         "`cargo xtask drill`: {REQUESTS} unique requests per mode, {CONCURRENCY} concurrent, hard-down modes over {HARD_DOWN_SECS} s; proxy defaults with `--breaker-open-ms 2000` {extra}; a fresh proxy per mode; {secs:.0} s.\n\n{}\n\
          Upstream calls: the fake's `GET /control` count, or the connections the reset server accepted; ¹ nothing listens on a refused port, so the proxy's `shout_upstream_attempts_total`.",
