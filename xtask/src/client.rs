@@ -90,17 +90,18 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    pub async fn connect(addr: &str) -> Result<RawClient> {
-        Ok(RawClient { stream: TcpStream::connect(addr).await? })
+    /// Connects to `url` (`http://HOST:PORT`) and writes `first`.
+    pub async fn open(url: &str, first: &[u8]) -> Result<RawClient> {
+        let mut stream = TcpStream::connect(url.trim_start_matches("http://")).await?;
+        stream.write_all(first).await?;
+        Ok(RawClient { stream })
     }
 
-    /// Writes each part, sleeping `pause` between them. A write error means the server closed.
-    pub async fn send(&mut self, parts: &[&[u8]], pause: Duration) -> std::io::Result<()> {
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                tokio::time::sleep(pause).await;
-            }
-            self.stream.write_all(part).await?;
+    /// Writes `byte` `times` times, `pause` before each. A write error means the server closed.
+    pub async fn trickle(&mut self, byte: u8, times: usize, pause: Duration) -> std::io::Result<()> {
+        for _ in 0..times {
+            tokio::time::sleep(pause).await;
+            self.stream.write_all(&[byte]).await?;
         }
         Ok(())
     }
