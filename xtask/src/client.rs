@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use futures_util::StreamExt;
 use shout_proxy::shout::transform::{reverse_graphemes, shout_locally};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,38 +49,28 @@ impl Shouter {
             request.form(&[("data", text)])
         };
         let started = Instant::now();
-        let result = async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let source =
-                response.headers().get("x-shout-source").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, source, body))
-        }
-        .await;
+        let response = request.send().await;
+        let status = response.as_ref().map_or(0, |r| r.status().as_u16());
+        let source = response.as_ref().ok().and_then(|r| r.headers().get("x-shout-source")?.to_str().ok());
+        let source = source.unwrap_or("").to_owned();
+        let body = match response {
+            Ok(response) => response.bytes().await,
+            Err(e) => Err(e),
+        };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match result {
-            Ok((status, source, body)) => {
-                let data = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["data"].as_str().map(str::to_owned));
-                let correct = status == 200 && data.as_deref() == Some(expected(text).as_str());
-                let error = if correct {
-                    String::new()
-                } else {
-                    format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(120)]))
-                };
-                Outcome { correct, source, latency_ms, error }
-            }
-            Err(e) => Outcome { correct: false, source: String::new(), latency_ms, error: e.to_string() },
-        }
+        let answer =
+            |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["data"] == expected(text));
+        let correct = status == 200 && body.as_ref().is_ok_and(|body| answer(body));
+        let error = match body {
+            _ if correct => String::new(),
+            Ok(body) => format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(120)])),
+            Err(e) => e.to_string(),
+        };
+        Outcome { correct, source, latency_ms, error }
     }
-}
 
-impl Shouter {
     /// Every text once, `concurrency` at a time (request `i` for `texts[i]`), in completion order.
     pub async fn all(&self, texts: &[String], concurrency: usize) -> Vec<Outcome> {
-        use futures_util::StreamExt;
         let calls = texts.iter().enumerate().map(|(i, t)| self.shout(i, t));
         futures_util::stream::iter(calls).buffer_unordered(concurrency).collect().await
     }
@@ -99,17 +90,18 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    pub async fn connect(addr: &str) -> Result<RawClient> {
-        Ok(RawClient { stream: TcpStream::connect(addr).await? })
+    /// Connects to `url` (`http://HOST:PORT`) and writes `first`.
+    pub async fn open(url: &str, first: &[u8]) -> Result<RawClient> {
+        let mut stream = TcpStream::connect(url.trim_start_matches("http://")).await?;
+        stream.write_all(first).await?;
+        Ok(RawClient { stream })
     }
 
-    /// Writes each part, sleeping `pause` between them. A write error means the server closed.
-    pub async fn send(&mut self, parts: &[&[u8]], pause: Duration) -> std::io::Result<()> {
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                tokio::time::sleep(pause).await;
-            }
-            self.stream.write_all(part).await?;
+    /// Writes `byte` `times` times, `pause` before each. A write error means the server closed.
+    pub async fn trickle(&mut self, byte: u8, times: usize, pause: Duration) -> std::io::Result<()> {
+        for _ in 0..times {
+            tokio::time::sleep(pause).await;
+            self.stream.write_all(&[byte]).await?;
         }
         Ok(())
     }

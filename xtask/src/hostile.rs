@@ -41,13 +41,6 @@ pub struct Args {
     proxy_arg: Vec<String>,
 }
 
-/// A raw connection that has sent `bytes`.
-async fn raw(addr: &str, bytes: &[u8]) -> Result<RawClient> {
-    let mut client = RawClient::connect(addr.trim_start_matches("http://")).await?;
-    client.send(&[bytes], Duration::ZERO).await?;
-    Ok(client)
-}
-
 /// How much the sample grew at `proxy` since `before`.
 async fn grew(proxy: &Proxy, before: &Metrics, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     Ok(proxy.metrics().await?.sample(name, labels) - before.sample(name, labels))
@@ -82,7 +75,7 @@ pub async fn run(args: Args) -> Result<()> {
     for i in 0..50 {
         let method = if i < 30 { format!("X{tok}{i}") } else { format!("{tok}{i}{}", "L".repeat(4096)) };
         let head = format!("{method} / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let answer = raw(&proxy.url, head.as_bytes()).await?.closed_within(ms(2000)).await;
+        let answer = RawClient::open(&proxy.url, head.as_bytes()).await?.closed_within(ms(2000)).await;
         answered += usize::from(answer.is_some_and(|a| a.starts_with(b"HTTP/1.1 4") && json(a)));
     }
     let other = grew(&proxy, &before, COUNT, &[("http_request_method", "_OTHER")]).await?;
@@ -98,8 +91,8 @@ pub async fn run(args: Args) -> Result<()> {
     // Each sends its lead, then a token byte (a header name grows) every 100 ms for 3 s: closed when a
     // write fails. Closed before the timeout would be some other rejection, not the timeout: a miss.
     let trickled = join_all(trickles.map(|(name, addr, lead)| async move {
-        let (mut client, at) = (raw(addr, lead).await?, Instant::now());
-        anyhow::Ok((name, client.send(&[&b"a"[..]; 30], ms(100)).await.err().map(|_| at.elapsed())))
+        let (mut client, at) = (RawClient::open(addr, lead).await?, Instant::now());
+        anyhow::Ok((name, client.trickle(b'a', 30, ms(100)).await.err().map(|_| at.elapsed())))
     }));
     let (trickled, active) = tokio::join!(trickled, async {
         let mut active = f64::INFINITY;
@@ -120,17 +113,17 @@ pub async fn run(args: Args) -> Result<()> {
     let body = format!(r#"{{"data":"partial {tok}"}}"#);
     let two = format!("POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
     let at = Instant::now();
-    let mut answer = raw(&proxy.url, format!("{two}{body}POST / HTTP/1.1\r\nHo").as_bytes()).await?;
+    let mut answer = RawClient::open(&proxy.url, format!("{two}{body}POST / HTTP/1.1\r\nHo").as_bytes()).await?;
     let ok = answer.closed_within(2 * limit).await.is_some_and(|a| a.starts_with(b"HTTP/1.1 200") && json(a));
     let ok = ok && at.elapsed() <= limit;
     t.check("a partial second request: the first answered, closed in time", ok, format!("{:?}", at.elapsed()));
-    let mut h2 = raw(&proxy.url, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await?;
+    let mut h2 = RawClient::open(&proxy.url, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await?;
     let h2 = h2.closed_within(ms(1000)).await;
     let measured = format!("closed: {}, answered {:?}", h2.is_some(), h2.as_ref().map(|b| b.get(..12)));
     t.check("an h2c preface: closed within 1 s, no HTTP/2 frame", h2.is_some_and(|b| !b.starts_with(b"\0")), measured);
 
     let stall = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
-    let mut stalled = try_join_all((0..500).map(|_| raw(&proxy.url, stall))).await?;
+    let mut stalled = try_join_all((0..500).map(|_| RawClient::open(&proxy.url, stall))).await?;
     let (stalled_at, addr) = (Instant::now(), proxy.url.trim_start_matches("http://"));
     let flood = join_all((0..2000).map(|_| tokio::net::TcpStream::connect(addr))).await;
     let flood = flood.iter().filter(|c| c.is_ok()).count();
@@ -151,7 +144,7 @@ pub async fn run(args: Args) -> Result<()> {
     // 1 MiB announced, its first 16 KiB sent: the 413 comes before the body is read. (A client
     // that writes all of it races the server's close and may see a reset instead of the 413.)
     let head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
-    let mut big = raw(&proxy.url, &[head.as_bytes(), &[b'x'; 16384]].concat()).await?;
+    let mut big = RawClient::open(&proxy.url, &[head.as_bytes(), &[b'x'; 16384]].concat()).await?;
     let answer = String::from_utf8_lossy(&big.closed_within(ms(2000)).await.unwrap_or_default()).to_lowercase();
     if !answer.starts_with("http/1.1 413") || !answer.contains("\r\ncontent-type: application/json\r\n") {
         wrong.push(format!("1 MiB: {:?}", answer.lines().next()));
@@ -175,10 +168,10 @@ pub async fn run(args: Args) -> Result<()> {
         let target = format!("{knob}: 30 inputs twice, 60 correct fallbacks (none cached), each counted");
         t.check(target, ok == 60 && counted == 60.0, format!("{ok}/60 correct, {measured}"));
     }
-    let (m, breaker) = (proxy.metrics().await?, proxy.status().await?["pipeline"]["breaker"]["state"].clone());
-    let trips = m.sample("shout_breaker_transitions_total", &[("state", "open")]);
+    // No transition to open since start: the breaker stayed closed.
+    let trips = proxy.metrics().await?.sample("shout_breaker_transitions_total", &[("state", "open")]);
     let target = "after the cases by content, beside normal traffic: the breaker closed, never opened";
-    t.check(target, breaker == "closed" && trips == 0.0, format!("{breaker}, {trips} trips"));
+    t.check(target, trips == 0.0, format!("{trips} trips"));
     fake.set(json!({})).await?;
     stop.store(true, Ordering::Relaxed);
     let normal = normal.await?;
@@ -209,7 +202,9 @@ pub async fn run(args: Args) -> Result<()> {
     t.check(target, ok == 100 && calls == 100, format!("{ok}/100 correct, {calls} upstream calls"));
 
     fake.set(json!({})).await?;
-    let idle = join_all((0..16).map(|_| raw(&capped.url, b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\ndata=i"))).await;
+    let idle =
+        join_all((0..16).map(|_| RawClient::open(&capped.url, b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\ndata=i")))
+            .await;
     tokio::time::sleep(ms(300)).await;
     let new = Shouter::new(&capped.url)?.shout(1, &format!("new {tok}")).await;
     let evicted = capped.metrics().await?.sample("shout_connections_closed_total", &[("reason", "evicted_idle")]);
