@@ -18,7 +18,6 @@
 //! replicas must come back to `minReplicas`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -57,32 +56,15 @@ pub struct Args {
     update_docs: bool,
 }
 
-/// One direction of `behavior`: window and policies (is Pods, value, period), durations compressed.
-struct Rules {
-    window: f64,
-    select_max: bool,
-    policies: Vec<(bool, f64, f64)>,
-}
-
-/// The HPA controller's state: past recommendations and scale events.
+/// The HPA controller: the manifest's replica bounds and `behavior` (read at every sync, its
+/// durations divided by `compress`), past recommendations and scale events.
 struct Hpa {
     min: usize,
     max: usize,
-    up: Rules,
-    down: Rules,
+    behavior: Value,
+    compress: f64,
     recommendations: Vec<(f64, usize)>,
     events: Vec<(f64, i64)>,
-}
-
-fn rules(v: &Value, f: f64) -> Rules {
-    let policies = v["policies"].as_sequence().into_iter().flatten();
-    Rules {
-        window: v["stabilizationWindowSeconds"].as_f64().unwrap_or(0.0) / f,
-        select_max: v["selectPolicy"].as_str() != Some("Min"),
-        policies: policies
-            .map(|p| (p["type"].as_str() == Some("Pods"), num(&p["value"]), num(&p["periodSeconds"]) / f))
-            .collect(),
-    }
 }
 
 /// A number or a Kubernetes quantity (`"500m"`, `"5000"`).
@@ -111,21 +93,26 @@ fn proposal(current: usize, values: &[Option<f64>], target: f64) -> usize {
 impl Hpa {
     /// One sync at time `t`: the largest proposal, stabilized, then limited by the policies.
     fn step(&mut self, t: f64, current: usize, desired: usize) -> usize {
+        let seconds = |v: &Value| v.as_f64().unwrap_or(0.0) / self.compress;
+        let (up_rules, down_rules) = (&self.behavior["scaleUp"], &self.behavior["scaleDown"]);
         let within = |w: f64| self.recommendations.iter().filter(move |r| r.0 > t - w).map(|r| r.1);
-        let up = within(self.up.window).chain([desired]).min().unwrap_or(desired);
-        let down = within(self.down.window).chain([desired]).max().unwrap_or(desired);
+        let up = within(seconds(&up_rules["stabilizationWindowSeconds"])).chain([desired]).min().unwrap_or(desired);
+        let down = within(seconds(&down_rules["stabilizationWindowSeconds"])).chain([desired]).max().unwrap_or(desired);
         self.recommendations.push((t, desired));
         let next = current.max(up).min(down);
         let moved = |period: f64, sign: i64| -> i64 {
             self.events.iter().filter(|e| e.0 > t - period && e.1.signum() == sign).map(|e| e.1.abs()).sum()
         };
-        let (rules, sign) = if next > current { (&self.up, 1.0) } else { (&self.down, -1.0) };
-        let limits = rules.policies.iter().map(|&(pods, value, period)| {
+        let (rules, sign) = if next > current { (up_rules, 1.0) } else { (down_rules, -1.0) };
+        let limits = rules["policies"].as_sequence().into_iter().flatten().map(|policy| {
+            let period = seconds(&policy["periodSeconds"]);
             let start = (current as i64 - moved(period, 1) + moved(period, -1)) as f64;
-            let proposed = if pods { start + sign * value } else { start * (1.0 + sign * value / 100.0) };
+            let value = num(&policy["value"]);
+            let proposed =
+                if policy["type"] == "Pods" { start + sign * value } else { start * (1.0 + sign * value / 100.0) };
             if sign > 0.0 { proposed.ceil() as i64 } else { proposed.trunc() as i64 }
         });
-        let pick_max = rules.select_max == (sign > 0.0);
+        let pick_max = (rules["selectPolicy"] != "Min") == (sign > 0.0);
         let limit = if pick_max { limits.max() } else { limits.min() }.unwrap_or(current as i64);
         // A limit never reverses the direction: up to at least `current`, down to at most it.
         let limit = (if sign > 0.0 { limit.max(current as i64) } else { limit.clamp(0, current as i64) }) as usize;
@@ -135,10 +122,6 @@ impl Hpa {
         }
         next
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A cgroup (v1 `cpu` or v2) limited to `cores`, with `pid` in it.
@@ -154,16 +137,6 @@ fn cgroup(name: &str, cores: f64, pid: u32) -> Result<PathBuf> {
     std::fs::write(dir.join(file), value)?;
     std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
     Ok(dir)
-}
-
-/// Removes a stopped replica's cgroup once its process is gone (a killed process leaves it late).
-async fn remove_cgroup(dir: &Path) {
-    for _ in 0..50 {
-        if std::fs::remove_dir(dir).is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 struct Pod {
@@ -208,12 +181,12 @@ pub async fn run(a: Args) -> Result<()> {
     let series = rule["name"]["matches"].as_str().unwrap_or_default().trim_matches(|c| c == '^' || c == '$');
     let template =
         rule["metricsQuery"].as_str().unwrap_or_default().replace("<<.Series>>", series).replace("<<.GroupBy>>", "pod");
-    let (f, behavior) = (a.compress, &spec["behavior"]);
+    let f = a.compress;
     let mut hpa = Hpa {
-        min: num(&spec["minReplicas"]) as usize,
+        min: (num(&spec["minReplicas"]) as usize).max(1), // 1 when absent, as in Kubernetes
         max: (num(&spec["maxReplicas"]) as usize).min(a.max_pods),
-        up: rules(&behavior["scaleUp"], f),
-        down: rules(&behavior["scaleDown"], f),
+        behavior: spec["behavior"].clone(),
+        compress: f,
         recommendations: vec![],
         events: vec![],
     };
@@ -233,70 +206,63 @@ pub async fn run(a: Args) -> Result<()> {
     let prometheus = External::prometheus("autoscale-prometheus", config, &[]).await?;
     let (prom, http) = (format!("{}/api/v1/query", prometheus.url()), reqwest::Client::new());
 
-    // What the load generator offers (req/s, shoutcloud slow, the replicas in rotation), and what it got.
-    let offered = Arc::new(Mutex::new(((0.0, false), Vec::<Shouter>::new())));
-    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
-    let (o, p) = (outcomes.clone(), offered.clone());
-    let load = tokio::spawn(async move {
-        let (mut tick, mut due, mut i) = (tokio::time::interval(Duration::from_millis(10)), 0.0, 0usize);
-        loop {
-            tick.tick().await;
-            let ((rate, slow), targets) = lock(&p).clone();
-            due += rate / 100.0;
-            while due >= 1.0 && !targets.is_empty() {
-                (due, i) = (due - 1.0, i + 1);
-                let (s, o) = (targets[i % targets.len()].clone(), o.clone());
-                let text = if slow { format!("slow {i}") } else { format!("ramp {}", i % 500) };
-                tokio::spawn(async move {
-                    let outcome = s.shout(i, &text).await;
-                    lock(&o).push(outcome)
-                });
-            }
-        }
-    });
-
-    let (mut pods, mut retiring, mut rows, mut n) = (Vec::<Pod>::new(), Vec::<(Instant, Pod)>::new(), vec![], 0);
-    let (start, mut was_slow) = (Instant::now(), true);
-    let mut sync = tokio::time::interval(Duration::from_secs_f64(15.0 / f));
+    let (sent, mut outcomes) = tokio::sync::mpsc::channel::<Outcome>(1 << 16);
+    let (mut pods, mut retiring, mut rows) = (Vec::<Pod>::new(), Vec::<(Instant, Pod)>::new(), vec![]);
+    let (start, mut started, mut requests) = (Instant::now(), 0, 0);
+    let period = Duration::from_secs_f64(15.0 / f);
+    let mut sync = tokio::time::interval(period);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sync.tick().await;
-    let mut want = hpa.min;
+    let (mut want, mut rate, mut slow) = (hpa.min, 0.0, true);
     loop {
         while pods.len() < want {
-            let name = format!("pod-{n}");
+            let name = format!("pod-{started}");
             let proxy =
                 Proxy::start(&format!("autoscale-{name}"), &fake.shout_url(), &["--log-format", "json"]).await?;
             let shouter = Shouter::new(&proxy.url)?;
             // Warmed before its quota: start-up work (and, while shoutcloud is slow, the first
             // timeouts that open its breaker) would take 1 / --pod-cpu times longer than in a
             // pod with the manifest's limit, a distortion of the scaling, not of the pod.
-            shouter.all(&(0..20).map(|i| format!("warm {n} {i}")).collect::<Vec<_>>(), 20).await;
-            let cgroup = cgroup(&format!("shout-autoscale-{}-{n}", std::process::id()), a.pod_cpu, proxy.proc.pid())?;
-            (n, _) = (n + 1, pods.push(Pod { name, proxy, cgroup, shouter, cpu: vec![] }));
+            shouter.all(&(0..20).map(|i| format!("warm {started} {i}")).collect::<Vec<_>>(), 20).await;
+            let cgroup =
+                cgroup(&format!("shout-autoscale-{}-{started}", std::process::id()), a.pod_cpu, proxy.proc.pid())?;
+            pods.push(Pod { name, proxy, cgroup, shouter, cpu: vec![] });
+            started += 1;
         }
         while pods.len() > want {
             retiring.extend(pods.pop().map(|p| (Instant::now(), p)));
         }
-        lock(&offered).1 = pods.iter().map(|p| p.shouter.clone()).collect();
         let targets: Vec<_> = pods.iter().map(|p| json!({"targets": [p.proxy.admin.trim_start_matches("http://")], "labels": {"namespace": "sim", "pod": p.name}})).collect();
         std::fs::write(prom_dir.join("targets.tmp"), serde_json::to_string(&targets)?)?;
         std::fs::rename(prom_dir.join("targets.tmp"), prom_dir.join("targets.json"))?;
         for (_, old) in retiring.extract_if(.., |(at, _)| at.elapsed() > Duration::from_secs(2)) {
-            drop(old.proxy);
-            remove_cgroup(&old.cgroup).await;
+            old.proxy.proc.stop().await;
+            let _ = std::fs::remove_dir(&old.cgroup);
+        }
+        // This period's requests, open loop and evenly spread, round-robin over the replicas in
+        // rotation as a Service spreads them; each answer is judged at the sync it arrives by.
+        let count = (rate * period.as_secs_f64()) as usize;
+        for k in 0..count {
+            requests += 1;
+            let (shouter, sent, i) = (pods[requests % pods.len()].shouter.clone(), sent.clone(), requests);
+            let text = if slow { format!("slow {i}") } else { format!("ramp {}", i % 500) };
+            let at = tokio::time::Instant::now() + period.mul_f64(k as f64 / count as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let _ = sent.send(shouter.shout(i, &text).await).await;
+            });
         }
         sync.tick().await;
         let t = start.elapsed().as_secs_f64();
         if t > END {
             break;
         }
-        let (rate, slow) = plan(&a, t);
-        if was_slow != slow {
+        let was_slow = slow;
+        (rate, slow) = plan(&a, t);
+        if slow != was_slow {
             fake.set(json!({"latency_ms": if slow { 300 } else { 0 }})).await?;
-            was_slow = slow;
         }
-        lock(&offered).0 = (rate, slow);
-        let done = std::mem::take(&mut *lock(&outcomes));
+        let done: Vec<Outcome> = std::iter::from_fn(|| outcomes.try_recv().ok()).collect();
         let p99 = percentile(&done.iter().map(|o| o.latency_ms).collect::<Vec<_>>(), 0.99);
         let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
         let matchers = format!("namespace=\"sim\",pod=~\"{}\"", names.join("|"));
@@ -325,11 +291,10 @@ pub async fn run(a: Args) -> Result<()> {
         );
         rows.push((t, rate, pods.len(), p99, slow, errors, fallbacks, done.len()));
     }
-    load.abort();
     for pod in pods.into_iter().chain(retiring.into_iter().map(|r| r.1)) {
         pod.proxy.proc.assert_no_panic()?;
-        drop(pod.proxy);
-        remove_cgroup(&pod.cgroup).await;
+        pod.proxy.proc.stop().await;
+        let _ = std::fs::remove_dir(&pod.cgroup);
     }
     report(&a, &rows, hpa.min)
 }
