@@ -285,6 +285,9 @@ pub async fn run(a: Args) -> Result<()> {
         want = hpa.step(t, pods.len(), desired);
         let errors = done.iter().filter(|o| !o.correct).count();
         let fallbacks = done.iter().filter(|o| o.source == "fallback").count();
+        if let Some(wrong) = done.iter().find(|o| !o.correct) {
+            eprintln!("[autoscale] t {t:5.1} s: {errors} wrong or failed, the first: {}", wrong.error);
+        }
         let (answered, replicas) = (done.len(), pods.len());
         eprintln!(
             "[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {answered} p99 {p99:6.1} ms replicas {replicas} -> {want} (rate {rates:?}, cpu {cpus:?})"
