@@ -18,6 +18,7 @@
 //! replicas must come back to `minReplicas`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -124,6 +125,10 @@ impl Hpa {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A cgroup (v1 `cpu` or v2) limited to `cores`, with `pid` in it.
 fn cgroup(name: &str, cores: f64, pid: u32) -> Result<PathBuf> {
     let (v1, quota) = (Path::new("/sys/fs/cgroup/cpu"), (cores * 100_000.0) as u64);
@@ -206,14 +211,34 @@ pub async fn run(a: Args) -> Result<()> {
     let prometheus = External::prometheus("autoscale-prometheus", config, &[]).await?;
     let (prom, http) = (format!("{}/api/v1/query", prometheus.url()), reqwest::Client::new());
 
-    let (sent, mut outcomes) = tokio::sync::mpsc::channel::<Outcome>(1 << 16);
+    // What the load generator offers (req/s, shoutcloud slow, the replicas in rotation), and what it got.
+    let offered = Arc::new(Mutex::new(((0.0, false), Vec::<Shouter>::new())));
+    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let (o, p) = (outcomes.clone(), offered.clone());
+    let load = tokio::spawn(async move {
+        let (mut tick, mut due, mut i) = (tokio::time::interval(Duration::from_millis(10)), 0.0, 0usize);
+        loop {
+            tick.tick().await;
+            let ((rate, slow), targets) = lock(&p).clone();
+            due += rate / 100.0;
+            while due >= 1.0 && !targets.is_empty() {
+                (due, i) = (due - 1.0, i + 1);
+                let (s, o) = (targets[i % targets.len()].clone(), o.clone());
+                let text = if slow { format!("slow {i}") } else { format!("ramp {}", i % 500) };
+                tokio::spawn(async move {
+                    let outcome = s.shout(i, &text).await;
+                    lock(&o).push(outcome)
+                });
+            }
+        }
+    });
+
     let (mut pods, mut retiring, mut rows) = (Vec::<Pod>::new(), Vec::<(Instant, Pod)>::new(), vec![]);
-    let (start, mut started, mut requests) = (Instant::now(), 0, 0);
-    let period = Duration::from_secs_f64(15.0 / f);
-    let mut sync = tokio::time::interval(period);
+    let (start, mut started, mut was_slow) = (Instant::now(), 0, true);
+    let mut sync = tokio::time::interval(Duration::from_secs_f64(15.0 / f));
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sync.tick().await;
-    let (mut want, mut rate, mut slow) = (hpa.min, 0.0, true);
+    let mut want = hpa.min;
     loop {
         while pods.len() < want {
             let name = format!("pod-{started}");
@@ -239,30 +264,19 @@ pub async fn run(a: Args) -> Result<()> {
             old.proxy.proc.stop().await;
             let _ = std::fs::remove_dir(&old.cgroup);
         }
-        // This period's requests, open loop and evenly spread, round-robin over the replicas in
-        // rotation as a Service spreads them; each answer is judged at the sync it arrives by.
-        let count = (rate * period.as_secs_f64()) as usize;
-        for k in 0..count {
-            requests += 1;
-            let (shouter, sent, i) = (pods[requests % pods.len()].shouter.clone(), sent.clone(), requests);
-            let text = if slow { format!("slow {i}") } else { format!("ramp {}", i % 500) };
-            let at = tokio::time::Instant::now() + period.mul_f64(k as f64 / count as f64);
-            tokio::spawn(async move {
-                tokio::time::sleep_until(at).await;
-                let _ = sent.send(shouter.shout(i, &text).await).await;
-            });
-        }
+        lock(&offered).1 = pods.iter().map(|p| p.shouter.clone()).collect();
         sync.tick().await;
         let t = start.elapsed().as_secs_f64();
         if t > END {
             break;
         }
-        let was_slow = slow;
-        (rate, slow) = plan(&a, t);
-        if slow != was_slow {
+        let (rate, slow) = plan(&a, t);
+        if was_slow != slow {
             fake.set(json!({"latency_ms": if slow { 300 } else { 0 }})).await?;
+            was_slow = slow;
         }
-        let done: Vec<Outcome> = std::iter::from_fn(|| outcomes.try_recv().ok()).collect();
+        lock(&offered).0 = (rate, slow);
+        let done = std::mem::take(&mut *lock(&outcomes));
         let p99 = percentile(&done.iter().map(|o| o.latency_ms).collect::<Vec<_>>(), 0.99);
         let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
         let matchers = format!("namespace=\"sim\",pod=~\"{}\"", names.join("|"));
@@ -294,6 +308,7 @@ pub async fn run(a: Args) -> Result<()> {
         );
         rows.push((t, rate, pods.len(), p99, slow, errors, fallbacks, done.len()));
     }
+    load.abort();
     for pod in pods.into_iter().chain(retiring.into_iter().map(|r| r.1)) {
         pod.proxy.proc.assert_no_panic()?;
         pod.proxy.proc.stop().await;
