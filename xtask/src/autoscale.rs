@@ -57,32 +57,15 @@ pub struct Args {
     update_docs: bool,
 }
 
-/// One direction of `behavior`: window and policies (is Pods, value, period), durations compressed.
-struct Rules {
-    window: f64,
-    select_max: bool,
-    policies: Vec<(bool, f64, f64)>,
-}
-
-/// The HPA controller's state: past recommendations and scale events.
+/// The HPA controller: the manifest's replica bounds and `behavior` (read at every sync, its
+/// durations divided by `compress`), past recommendations and scale events.
 struct Hpa {
     min: usize,
     max: usize,
-    up: Rules,
-    down: Rules,
+    behavior: Value,
+    compress: f64,
     recommendations: Vec<(f64, usize)>,
     events: Vec<(f64, i64)>,
-}
-
-fn rules(v: &Value, f: f64) -> Rules {
-    let policies = v["policies"].as_sequence().into_iter().flatten();
-    Rules {
-        window: v["stabilizationWindowSeconds"].as_f64().unwrap_or(0.0) / f,
-        select_max: v["selectPolicy"].as_str() != Some("Min"),
-        policies: policies
-            .map(|p| (p["type"].as_str() == Some("Pods"), num(&p["value"]), num(&p["periodSeconds"]) / f))
-            .collect(),
-    }
 }
 
 /// A number or a Kubernetes quantity (`"500m"`, `"5000"`).
@@ -111,21 +94,26 @@ fn proposal(current: usize, values: &[Option<f64>], target: f64) -> usize {
 impl Hpa {
     /// One sync at time `t`: the largest proposal, stabilized, then limited by the policies.
     fn step(&mut self, t: f64, current: usize, desired: usize) -> usize {
+        let seconds = |v: &Value| v.as_f64().unwrap_or(0.0) / self.compress;
+        let (up_rules, down_rules) = (&self.behavior["scaleUp"], &self.behavior["scaleDown"]);
         let within = |w: f64| self.recommendations.iter().filter(move |r| r.0 > t - w).map(|r| r.1);
-        let up = within(self.up.window).chain([desired]).min().unwrap_or(desired);
-        let down = within(self.down.window).chain([desired]).max().unwrap_or(desired);
+        let up = within(seconds(&up_rules["stabilizationWindowSeconds"])).chain([desired]).min().unwrap_or(desired);
+        let down = within(seconds(&down_rules["stabilizationWindowSeconds"])).chain([desired]).max().unwrap_or(desired);
         self.recommendations.push((t, desired));
         let next = current.max(up).min(down);
         let moved = |period: f64, sign: i64| -> i64 {
             self.events.iter().filter(|e| e.0 > t - period && e.1.signum() == sign).map(|e| e.1.abs()).sum()
         };
-        let (rules, sign) = if next > current { (&self.up, 1.0) } else { (&self.down, -1.0) };
-        let limits = rules.policies.iter().map(|&(pods, value, period)| {
+        let (rules, sign) = if next > current { (up_rules, 1.0) } else { (down_rules, -1.0) };
+        let limits = rules["policies"].as_sequence().into_iter().flatten().map(|policy| {
+            let period = seconds(&policy["periodSeconds"]);
             let start = (current as i64 - moved(period, 1) + moved(period, -1)) as f64;
-            let proposed = if pods { start + sign * value } else { start * (1.0 + sign * value / 100.0) };
+            let value = num(&policy["value"]);
+            let proposed =
+                if policy["type"] == "Pods" { start + sign * value } else { start * (1.0 + sign * value / 100.0) };
             if sign > 0.0 { proposed.ceil() as i64 } else { proposed.trunc() as i64 }
         });
-        let pick_max = rules.select_max == (sign > 0.0);
+        let pick_max = (rules["selectPolicy"] != "Min") == (sign > 0.0);
         let limit = if pick_max { limits.max() } else { limits.min() }.unwrap_or(current as i64);
         // A limit never reverses the direction: up to at least `current`, down to at most it.
         let limit = (if sign > 0.0 { limit.max(current as i64) } else { limit.clamp(0, current as i64) }) as usize;
@@ -154,16 +142,6 @@ fn cgroup(name: &str, cores: f64, pid: u32) -> Result<PathBuf> {
     std::fs::write(dir.join(file), value)?;
     std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
     Ok(dir)
-}
-
-/// Removes a stopped replica's cgroup once its process is gone (a killed process leaves it late).
-async fn remove_cgroup(dir: &Path) {
-    for _ in 0..50 {
-        if std::fs::remove_dir(dir).is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 struct Pod {
@@ -208,12 +186,12 @@ pub async fn run(a: Args) -> Result<()> {
     let series = rule["name"]["matches"].as_str().unwrap_or_default().trim_matches(|c| c == '^' || c == '$');
     let template =
         rule["metricsQuery"].as_str().unwrap_or_default().replace("<<.Series>>", series).replace("<<.GroupBy>>", "pod");
-    let (f, behavior) = (a.compress, &spec["behavior"]);
+    let f = a.compress;
     let mut hpa = Hpa {
-        min: num(&spec["minReplicas"]) as usize,
+        min: (num(&spec["minReplicas"]) as usize).max(1), // 1 when absent, as in Kubernetes
         max: (num(&spec["maxReplicas"]) as usize).min(a.max_pods),
-        up: rules(&behavior["scaleUp"], f),
-        down: rules(&behavior["scaleDown"], f),
+        behavior: spec["behavior"].clone(),
+        compress: f,
         recommendations: vec![],
         events: vec![],
     };
@@ -255,36 +233,38 @@ pub async fn run(a: Args) -> Result<()> {
         }
     });
 
-    let (mut pods, mut retiring, mut rows, mut n) = (Vec::<Pod>::new(), Vec::<(Instant, Pod)>::new(), vec![], 0);
-    let (start, mut was_slow) = (Instant::now(), true);
+    let (mut pods, mut retiring, mut rows) = (Vec::<Pod>::new(), Vec::<(Instant, Pod)>::new(), vec![]);
+    let (start, mut started, mut was_slow) = (Instant::now(), 0, true);
     let mut sync = tokio::time::interval(Duration::from_secs_f64(15.0 / f));
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sync.tick().await;
     let mut want = hpa.min;
     loop {
         while pods.len() < want {
-            let name = format!("pod-{n}");
+            let name = format!("pod-{started}");
             let proxy =
                 Proxy::start(&format!("autoscale-{name}"), &fake.shout_url(), &["--log-format", "json"]).await?;
             let shouter = Shouter::new(&proxy.url)?;
             // Warmed before its quota: start-up work (and, while shoutcloud is slow, the first
             // timeouts that open its breaker) would take 1 / --pod-cpu times longer than in a
             // pod with the manifest's limit, a distortion of the scaling, not of the pod.
-            shouter.all(&(0..20).map(|i| format!("warm {n} {i}")).collect::<Vec<_>>(), 20).await;
-            let cgroup = cgroup(&format!("shout-autoscale-{}-{n}", std::process::id()), a.pod_cpu, proxy.proc.pid())?;
-            (n, _) = (n + 1, pods.push(Pod { name, proxy, cgroup, shouter, cpu: vec![] }));
+            shouter.all(&(0..20).map(|i| format!("warm {started} {i}")).collect::<Vec<_>>(), 20).await;
+            let cgroup =
+                cgroup(&format!("shout-autoscale-{}-{started}", std::process::id()), a.pod_cpu, proxy.proc.pid())?;
+            pods.push(Pod { name, proxy, cgroup, shouter, cpu: vec![] });
+            started += 1;
         }
         while pods.len() > want {
             retiring.extend(pods.pop().map(|p| (Instant::now(), p)));
         }
-        lock(&offered).1 = pods.iter().map(|p| p.shouter.clone()).collect();
         let targets: Vec<_> = pods.iter().map(|p| json!({"targets": [p.proxy.admin.trim_start_matches("http://")], "labels": {"namespace": "sim", "pod": p.name}})).collect();
         std::fs::write(prom_dir.join("targets.tmp"), serde_json::to_string(&targets)?)?;
         std::fs::rename(prom_dir.join("targets.tmp"), prom_dir.join("targets.json"))?;
         for (_, old) in retiring.extract_if(.., |(at, _)| at.elapsed() > Duration::from_secs(2)) {
-            drop(old.proxy);
-            remove_cgroup(&old.cgroup).await;
+            old.proxy.proc.stop().await;
+            let _ = std::fs::remove_dir(&old.cgroup);
         }
+        lock(&offered).1 = pods.iter().map(|p| p.shouter.clone()).collect();
         sync.tick().await;
         let t = start.elapsed().as_secs_f64();
         if t > END {
@@ -319,6 +299,9 @@ pub async fn run(a: Args) -> Result<()> {
         want = hpa.step(t, pods.len(), desired);
         let errors = done.iter().filter(|o| !o.correct).count();
         let fallbacks = done.iter().filter(|o| o.source == "fallback").count();
+        if let Some(wrong) = done.iter().find(|o| !o.correct) {
+            eprintln!("[autoscale] t {t:5.1} s: {errors} wrong or failed, the first: {}", wrong.error);
+        }
         let (answered, replicas) = (done.len(), pods.len());
         eprintln!(
             "[autoscale] t {t:5.1} s offered {rate:5.0} req/s answered {answered} p99 {p99:6.1} ms replicas {replicas} -> {want} (rate {rates:?}, cpu {cpus:?})"
@@ -328,8 +311,8 @@ pub async fn run(a: Args) -> Result<()> {
     load.abort();
     for pod in pods.into_iter().chain(retiring.into_iter().map(|r| r.1)) {
         pod.proxy.proc.assert_no_panic()?;
-        drop(pod.proxy);
-        remove_cgroup(&pod.cgroup).await;
+        pod.proxy.proc.stop().await;
+        let _ = std::fs::remove_dir(&pod.cgroup);
     }
     report(&a, &rows, hpa.min)
 }

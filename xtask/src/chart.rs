@@ -24,24 +24,17 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
         .x_label_area_size(30)
         .y_label_area_size(170)
         .build_cartesian_2d(0.0..max, (0..bars.len()).into_segmented())?;
-    let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
         .x_desc(unit)
         .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.label.clone()).unwrap_or_default(),
             _ => String::new(),
         })
         .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
-        let mut bar = Rectangle::new(
-            [(0.0, SegmentValue::Exact(i)), (b.value, SegmentValue::Exact(i + 1))],
-            BLUE.mix(0.6).filled(),
-        );
-        bar.set_margin(4, 4, 0, 0);
-        bar
-    }))?;
+    let values = bars.iter().map(|b| b.value).enumerate();
+    chart.draw_series(Histogram::horizontal(&chart).style(BLUE.mix(0.6).filled()).margin(4).data(values))?;
     chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
         Text::new(format!("{:.0}", b.value), (b.value, SegmentValue::CenterOf(i)), ("sans-serif", 14))
     }))?;

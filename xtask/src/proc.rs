@@ -58,11 +58,9 @@ impl Proc {
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).kill_on_drop(true);
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if key.starts_with("SHOUT_") || key.starts_with("OTEL_") {
-                cmd.env_remove(key);
-            }
+        let inherited = std::env::vars_os().map(|(key, _)| key.to_string_lossy().into_owned());
+        for key in inherited.filter(|key| key.starts_with("SHOUT_") || key.starts_with("OTEL_")) {
+            cmd.env_remove(key);
         }
         let child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
         Ok(Proc { name: name.to_owned(), log, child })
@@ -95,6 +93,11 @@ impl Proc {
         bail!("{} not ready at {what} after {deadline:?}; see {}", self.name, self.log.display())
     }
 
+    /// Kills the process and waits until it is gone (a drop only sends the signal).
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Fails when the log shows a panic.
     pub fn assert_no_panic(&self) -> Result<()> {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -104,22 +107,16 @@ impl Proc {
         }
     }
 
-    /// Resident and peak resident memory (VmRSS, VmHWM) in MiB, from /proc.
+    /// Resident and peak resident memory (VmRSS, VmHWM) in MiB, from /proc; zeros once it is gone.
     pub fn rss_mib(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kib = |key: &str| -> f64 {
-            let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_default();
-            line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        };
-        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+        let status = procfs::process::Process::new(self.pid() as i32).and_then(|p| p.status());
+        status.map_or((0.0, 0.0), |s| (s.vmrss.unwrap_or(0) as f64 / 1024.0, s.vmhwm.unwrap_or(0) as f64 / 1024.0))
     }
 
-    /// User + system CPU seconds of the process, from /proc (clock ticks of 1/100 s).
+    /// User + system CPU seconds of the process, from /proc; zero once it is gone.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<f64> = after.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
-        (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+        let stat = procfs::process::Process::new(self.pid() as i32).and_then(|p| p.stat());
+        stat.map_or(0.0, |s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
     }
 }
 
@@ -144,15 +141,10 @@ impl Proxy {
         let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
         let flags =
             ["--listen", &listen, "--admin-listen", &admin_listen, "--upstream-url", upstream_url, "--drain-ms", "0"];
-        let mut args: Vec<String> = flags.into_iter().chain(extra.iter().copied()).map(str::to_owned).collect();
-        let bin = release_bin("shout-proxy")?;
-        let mut proc = match cpus {
-            Some(cpus) => {
-                args.splice(0..0, ["-c".to_owned(), cpus.to_owned(), bin.display().to_string()]);
-                Proc::spawn(name, Path::new("taskset"), &args)?
-            }
-            None => Proc::spawn(name, &bin, &args)?,
-        };
+        let bin = release_bin("shout-proxy")?.display().to_string();
+        let pin = cpus.map_or(vec![], |cpus| vec!["-c", cpus, &bin]);
+        let args: Vec<String> = pin.iter().chain(&flags).chain(extra).map(|a| a.to_string()).collect();
+        let mut proc = Proc::spawn(name, Path::new(if cpus.is_some() { "taskset" } else { &bin }), &args)?;
         let admin = format!("http://127.0.0.1:{admin}");
         proc.wait_ready(&format!("{admin}/readyz"), Duration::from_secs(15), false).await?;
         Ok(Proxy { proc, url: format!("http://127.0.0.1:{port}"), admin })
