@@ -2,21 +2,14 @@
 local mode = os.getenv("BENCH_INPUTS") or "same"
 local field = os.getenv("BENCH_FIELD") or "data"
 local run = os.getenv("BENCH_RUN") or "0"
-local limit = tonumber(os.getenv("BENCH_LIMIT") or "")
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = string.format('{"%s":"hello, shout-proxy bench %s-1-000000000"}', field, run)
-counter, received = 0, 0
+counter = 0
 if mode == "unique" then
    function request()
       counter = counter + 1
       return wrk.format(nil, nil, nil, string.format('{"%s":"hello, shout-proxy bench %s-1-%09d"}', field, run, counter))
-   end
-end
-if limit then
-   function response(status, headers, body)
-      received = received + 1
-      if received >= limit then wrk.thread:stop() end
    end
 end
 function done(summary, latency, requests)

@@ -264,7 +264,7 @@ pub async fn run(args: Args) -> Result<()> {
     if wanted("metric-values", &d.args) {
         metric_values(&mut d).await?;
     }
-    d.fake.proc.assert_no_panic()?;
+    d.fake.assert_no_panic()?;
     let Args { requests, concurrency, hard_down_secs, .. } = d.args;
     let (extra, secs) = (d.args.proxy_arg.join(" "), started.elapsed().as_secs_f64());
     let head = format!(

@@ -20,10 +20,6 @@ pub struct Wrk<'a> {
     pub field: &'a str,
     /// Put into every input, so inputs differ between runs.
     pub run: &'a str,
-    /// Stop after this many responses.
-    pub limit: Option<u64>,
-    /// CPUs to pin wrk to (`taskset -c`).
-    pub cpus: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,16 +51,7 @@ impl Summary {
 
 impl Wrk<'_> {
     pub fn new(url: &str) -> Wrk<'_> {
-        Wrk {
-            url,
-            duration: Duration::from_secs(10),
-            connections: 32,
-            inputs: "unique",
-            field: "data",
-            run: "0",
-            limit: None,
-            cpus: None,
-        }
+        Wrk { url, duration: Duration::from_secs(10), connections: 32, inputs: "unique", field: "data", run: "0" }
     }
 
     /// Runs wrk to the end and returns its summary.
@@ -76,10 +63,7 @@ impl Wrk<'_> {
     /// end it early: wrk prints its summary on SIGINT).
     pub fn spawn(&self) -> Result<tokio::process::Child> {
         let lua = crate::proc::root().join("bench/lua/shout.lua");
-        let mut cmd = Command::new(if self.cpus.is_some() { "taskset" } else { "wrk" });
-        if let Some(cpus) = self.cpus {
-            cmd.args(["-c", cpus, "wrk"]);
-        }
+        let mut cmd = Command::new("wrk");
         let duration = format!("-d{}s", self.duration.as_secs_f64().round().max(1.0)); // wrk takes whole seconds
         cmd.args(["-t1", &format!("-c{}", self.connections), &duration, "--timeout", "10s", "-s"])
             .arg(Path::new(&lua))
@@ -88,9 +72,6 @@ impl Wrk<'_> {
             .env("BENCH_FIELD", self.field)
             .env("BENCH_RUN", self.run)
             .kill_on_drop(true);
-        if let Some(limit) = self.limit {
-            cmd.env("BENCH_LIMIT", limit.to_string());
-        }
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         cmd.spawn().context("running wrk (apt-get install wrk)")
     }

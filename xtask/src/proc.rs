@@ -1,6 +1,5 @@
-//! Processes the harness starts: the release `shout-proxy`, the release `fake_shoutcloud`
-//! example, and any external server (redis-server, prometheus, alertmanager) on a free loopback
-//! port with a generated config file.
+//! Processes the harness starts: the release `shout-proxy` and any external server
+//! (redis-server, prometheus, alertmanager) on a free loopback port with a generated config file.
 //!
 //! Every process logs to a file under `target/xtask/` and is killed when its handle drops, so
 //! nothing outlives a failed check. Readiness is "a URL answers 2xx before a deadline", and
@@ -33,12 +32,12 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A release binary of this workspace: `shout-proxy`, `examples/fake_shoutcloud`, `xtask`.
+/// A release binary of this workspace: `shout-proxy`, `xtask`.
 pub fn release_bin(name: &str) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let path = target.join("release").join(name);
     if !path.exists() {
-        bail!("{} is missing: cargo build --release --bin shout-proxy --example fake_shoutcloud", path.display());
+        bail!("{} is missing: cargo build --release --bin shout-proxy", path.display());
     }
     Ok(path)
 }
@@ -106,21 +105,31 @@ impl Proc {
 
     /// Resident and peak resident memory (VmRSS, VmHWM) in MiB, from /proc.
     pub fn rss_mib(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kib = |key: &str| -> f64 {
-            let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_default();
-            line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        };
-        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+        rss_mib(self.pid())
     }
 
-    /// User + system CPU seconds of the process, from /proc (clock ticks of 1/100 s).
+    /// User + system CPU seconds of the process, from /proc.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<f64> = after.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
-        (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+        cpu_seconds(self.pid())
     }
+}
+
+/// Resident and peak resident memory (VmRSS, VmHWM) of `pid` in MiB, from /proc.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| -> f64 {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_default();
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+/// User + system CPU seconds of `pid`, from /proc (clock ticks of 1/100 s).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 /// The service under test, with its ports.
