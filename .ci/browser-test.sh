@@ -15,5 +15,5 @@ pinned=$(node -p "require('./.ci/browser/package-lock.json').packages['node_modu
 installed=$(node -p "try { require('./.ci/browser/node_modules/playwright-core/package.json').version } catch { '' }")
 # npm ci installs playwright-core only; it never downloads a browser of its own.
 [ "$pinned" = "$installed" ] || (cd .ci/browser && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --release --locked --bin shout-proxy --example fake_shoutcloud
+cargo build --release --locked --bin shout-proxy
 SCREENSHOT="$PWD/target/browser/swagger.png" cargo xtask with --no-fake -- timeout 180 node .ci/browser/swagger.mjs

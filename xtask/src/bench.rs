@@ -118,7 +118,8 @@ async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
 }
 
 impl Stack {
-    async fn start(kind: &str, run: &str, cpus: Option<&str>) -> Result<Stack> {
+    /// `kind`'s stack: the fake with start-up `knobs`, shout-proxy with `extra` flags (as needed).
+    async fn start(kind: &str, knobs: &[&str], extra: &[&str], run: &str, cpus: Option<&str>) -> Result<Stack> {
         let tag = format!("bench-{kind}");
         let inputs = if kind.ends_with("same") || kind.contains("hit") { "same" } else { "unique" };
         let mut stack = Stack { inputs, field: "data", pid: std::process::id(), ..Default::default() };
@@ -127,7 +128,6 @@ impl Stack {
             (stack.url, stack.bare) = (format!("{base}/"), Some(stop));
             return Ok(stack);
         }
-        let (_, knobs, extra) = SCENARIOS.iter().find(|s| s.0 == kind).context("no such scenario")?;
         let fake = Fake::start(&format!("{tag}-fake"), knobs).await?;
         if kind == "upstream-direct" {
             (stack.url, stack.field, stack.fake) = (fake.shout_url(), "INPUT", Some(fake));
@@ -162,7 +162,7 @@ impl Stack {
     /// wrk against this stack, with its inputs and JSON field.
     fn wrk<'a>(&'a self, run: &'a str, connections: u32, secs: f64) -> Wrk<'a> {
         let (duration, inputs, field) = (Duration::from_secs_f64(secs), self.inputs, self.field);
-        Wrk { duration, connections, inputs, field, run, ..Wrk::new(&self.url) }
+        Wrk { url: &self.url, duration, connections, inputs, field, run }
     }
 
     async fn measure(&self, kind: &str, run: &str, connections: u32, secs: f64) -> Result<Measure> {
@@ -217,13 +217,10 @@ impl Stack {
 }
 
 /// RSS after `inputs` unique misses through the bounded cache (64 MiB), against bound + 50 MiB.
-async fn memory_run(inputs: u64) -> Result<Value> {
-    let fake = Fake::start("bench-memory-fake", &[]).await?;
-    let proxy =
-        Proxy::start("bench-memory", &fake.shout_url(), &["--cache-max-bytes", "67108864", "--log-format", "json"])
-            .await?;
-    let (started, url) = (std::time::Instant::now(), format!("{}/", proxy.url));
-    let wrk = Wrk { duration: Duration::from_secs(inputs / 300 + 60), run: "mem", ..Wrk::new(&url) };
+async fn memory_run(inputs: u64, connections: u32) -> Result<Value> {
+    let stack = Stack::start("memory", &[], &["--cache-max-bytes", "67108864"], "mem", None).await?;
+    let proxy = stack.proxy.as_ref().context("the memory run's shout-proxy")?;
+    let (started, wrk) = (std::time::Instant::now(), stack.wrk("mem", connections, (inputs / 300 + 60) as f64));
     let child = wrk.spawn()?;
     let misses = |m: &crate::prom::Metrics| {
         m.sum("shout_answers_total") - m.sample("shout_answers_total", &[("source", "cache")])
@@ -251,17 +248,36 @@ pub async fn run(args: Args) -> Result<()> {
     let id = std::process::id() % 1000;
     let mut runs = Vec::new();
     for round in 1..=rounds {
-        for (kind, _, _) in SCENARIOS.iter().filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.0)) {
+        for (kind, knobs, extra) in
+            SCENARIOS.iter().filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.0))
+        {
             let run = format!("r{round}{id}");
-            let stack = Stack::start(kind, &run, None).await?;
+            let stack = Stack::start(kind, knobs, extra, &run, None).await?;
             // Warm-up on other unique inputs than the measured ones.
             stack.wrk(&format!("{run}w"), args.connections, secs / 4.0).run().await?;
             runs.push(stack.measure(kind, &run, args.connections, secs).await?);
         }
     }
     let best = best_rounds(&runs);
-    let sweep = if args.quick || !args.only.is_empty() { Vec::new() } else { one_pod(id, secs).await? };
-    let memory = if memory_inputs > 0 && args.only.is_empty() { Some(memory_run(memory_inputs).await?) } else { None };
+    let full = args.only.is_empty();
+    let memory =
+        if memory_inputs > 0 && full { Some(memory_run(memory_inputs, args.connections).await?) } else { None };
+    let mut sweep = Vec::new();
+    if full && !args.quick {
+        // One pod's worth: shout-proxy pinned to CPU 1; the harness (so the fake) and wrk, its
+        // child, to CPU 0 until exit (the sweep runs last).
+        let pid = std::process::id().to_string();
+        let pinned = std::process::Command::new("taskset").args(["-apc", "0", &pid]).output()?;
+        if !pinned.status.success() {
+            bail!("taskset -apc 0 {pid}: {}", String::from_utf8_lossy(&pinned.stderr));
+        }
+        for (kind, knobs, extra) in SCENARIOS.iter().filter(|s| SWEPT.contains(&s.0)) {
+            let stack = Stack::start(kind, knobs, extra, &format!("s{id}"), Some("1")).await?;
+            for c in [1, 2, 4, 8, 16, 32] {
+                sweep.push(stack.measure(kind, &format!("s{id}c{c}"), c, secs / 2.0).await?);
+            }
+        }
+    }
     let dir = out_dir("bench")?;
     let results = json!({"scenarios": best, "sweep": sweep, "memory": memory});
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
@@ -291,37 +307,6 @@ fn best_rounds(runs: &[Measure]) -> Vec<Measure> {
         }
     }
     best
-}
-
-/// One pod's worth, by connections: shout-proxy pinned to CPU 1, the harness (so the fake) and
-/// wrk, its child, to CPU 0; the harness's CPUs restored after.
-async fn one_pod(id: u32, secs: f64) -> Result<Vec<Measure>> {
-    let cpus = pin_harness("0")?;
-    let mut points = Vec::new();
-    let swept = async {
-        for kind in SWEPT {
-            let stack = Stack::start(kind, &format!("s{id}"), Some("1")).await?;
-            for c in [1, 2, 4, 8, 16, 32] {
-                points.push(stack.measure(kind, &format!("s{id}c{c}"), c, secs / 2.0).await?);
-            }
-        }
-        anyhow::Ok(())
-    };
-    let swept = swept.await;
-    pin_harness(&cpus)?;
-    swept.map(|()| points)
-}
-
-/// Pins every thread of the harness to `cpus` (`taskset -a`); returns the CPU list it had.
-fn pin_harness(cpus: &str) -> Result<String> {
-    let pid = std::process::id().to_string();
-    let out = std::process::Command::new("taskset").args(["-apc", cpus, &pid]).output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let had = stdout.lines().find_map(|l| l.split_once("current affinity list: ")).map(|(_, list)| list.trim());
-    match (out.status.success(), had) {
-        (true, Some(had)) => Ok(had.to_owned()),
-        _ => bail!("taskset -apc {cpus} {pid}: {} {}", out.status, String::from_utf8_lossy(&out.stderr)),
-    }
 }
 
 /// The benchmark's targets, judged on the best rounds and the memory run.

@@ -38,7 +38,7 @@ use poem::web::{Data, Json};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, RwLock, oneshot};
+use tokio::sync::{RwLock, oneshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -95,21 +95,14 @@ impl Default for Knobs {
     }
 }
 
-/// In flight seen per call since the last [`Fake::set`].
-#[derive(Default)]
-struct Seen {
-    sum: u64,
-    samples: u64,
-    max: u64,
-}
-
 #[derive(Default)]
 struct State {
     knobs: RwLock<Knobs>,
     /// Calls received since start (never reset: the checks count differences).
     calls: AtomicU64,
     in_flight: AtomicU64,
-    seen: Mutex<Seen>,
+    /// In flight seen per call since the last [`Fake::set`]: sum, samples, max.
+    seen: [AtomicU64; 3],
     /// Handler panics caught by `CatchPanic`.
     panics: AtomicU64,
 }
@@ -139,10 +132,9 @@ async fn shout(state: Data<&Arc<State>>, body: Json<ShoutIn>) -> Response {
     state.calls.fetch_add(1, Ordering::Relaxed);
     let in_flight = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = InFlight(&state.in_flight);
-    {
-        let mut seen = state.seen.lock().await;
-        (seen.sum, seen.samples, seen.max) = (seen.sum + in_flight, seen.samples + 1, seen.max.max(in_flight));
-    }
+    state.seen[0].fetch_add(in_flight, Ordering::Relaxed);
+    state.seen[1].fetch_add(1, Ordering::Relaxed);
+    state.seen[2].fetch_max(in_flight, Ordering::Relaxed);
     let knobs = state.knobs.read().await.clone();
     let mut latency = knobs.latency_ms as f64;
     if knobs.knee > 0 && in_flight > knobs.knee {
@@ -193,17 +185,16 @@ impl State {
     async fn set(&self, knobs: Value) -> Result<Value> {
         let knobs: Knobs = serde_json::from_value(knobs)?;
         *self.knobs.write().await = Knobs { failure_rate: knobs.failure_rate.clamp(0.0, 1.0), ..knobs };
-        *self.seen.lock().await = Seen::default();
+        self.seen.iter().for_each(|n| n.store(0, Ordering::Relaxed));
         Ok(self.report().await)
     }
 
     /// Knobs, calls and the in-flight statistics.
     async fn report(&self) -> Value {
         let knobs = self.knobs.read().await.clone();
-        let seen = self.seen.lock().await;
-        let mean = seen.sum as f64 / seen.samples.max(1) as f64;
+        let [sum, samples, max] = self.seen.each_ref().map(|n| n.load(Ordering::Relaxed));
         let now = self.in_flight.load(Ordering::Relaxed);
-        let in_flight = json!({"now": now, "mean": mean, "max": seen.max, "samples": seen.samples});
+        let in_flight = json!({"now": now, "mean": sum as f64 / samples.max(1) as f64, "max": max, "samples": samples});
         json!({"knobs": knobs, "calls": self.calls.load(Ordering::Relaxed), "in_flight": in_flight})
     }
 }

@@ -50,10 +50,6 @@ impl Summary {
 }
 
 impl Wrk<'_> {
-    pub fn new(url: &str) -> Wrk<'_> {
-        Wrk { url, duration: Duration::from_secs(10), connections: 32, inputs: "unique", field: "data", run: "0" }
-    }
-
     /// Runs wrk to the end and returns its summary.
     pub async fn run(&self) -> Result<Summary> {
         Self::finish(self.spawn()?).await
