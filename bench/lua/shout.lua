@@ -12,11 +12,11 @@ if mode == "unique" then
       return wrk.format(nil, nil, nil, string.format('{"%s":"hello, shout-proxy bench %s-1-%09d"}', field, run, counter))
    end
 end
+-- errors: non-2xx answers plus socket errors (connect, read, write, timeout).
 function done(summary, latency, requests)
    local e, p = summary.errors, function(q) return latency:percentile(q) end
    io.write(string.format(
-      'BENCH_JSON {"requests":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-      '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"p99_9":%d,"max":%d}}\n',
-      summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-      p(50), p(90), p(99), p(99.9), latency.max))
+      'BENCH_JSON {"rps":%f,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"p99_9_us":%d}\n',
+      summary.requests / math.max(summary.duration, 1) * 1e6, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+      p(50), p(99), p(99.9)))
 end

@@ -170,15 +170,14 @@ impl Stack {
         let cpu = cpu_seconds(self.pid);
         let s = self.wrk(run, connections, secs).run().await?;
         let cpu_cores = (cpu_seconds(self.pid) - cpu) / (s.duration_us as f64 / 1e6);
-        let l = &s.latency_us;
         let mut m = Measure {
             scenario: kind.into(),
             connections,
-            rps: s.rps(),
-            p50_ms: l.p50 / 1e3,
-            p99_ms: l.p99 / 1e3,
-            p99_9_ms: l.p99_9 / 1e3,
-            errors: s.errors(),
+            rps: s.rps,
+            p50_ms: s.p50_us / 1e3,
+            p99_ms: s.p99_us / 1e3,
+            p99_9_ms: s.p99_9_us / 1e3,
+            errors: s.errors,
             cpu_cores,
             peak_rss_mib: rss_mib(self.pid).1,
             ..Default::default()
@@ -237,7 +236,7 @@ async fn memory_run(inputs: u64, connections: u32) -> Result<Value> {
     let (rss, peak) = proxy.proc.rss_mib();
     let inputs = misses(&m) as u64;
     Ok(
-        json!({"inputs": inputs, "errors": summary.errors(), "seconds": started.elapsed().as_secs_f64(), "rss_mib": rss, "peak_rss_mib": peak, "cache": cache}),
+        json!({"inputs": inputs, "errors": summary.errors, "seconds": started.elapsed().as_secs_f64(), "rss_mib": rss, "peak_rss_mib": peak, "cache": cache}),
     )
 }
 

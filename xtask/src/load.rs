@@ -22,31 +22,17 @@ pub struct Wrk<'a> {
     pub run: &'a str,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p99: f64,
-    pub p99_9: f64,
-}
-
-/// wrk's summary as the Lua `done()` prints it (latencies in microseconds).
+/// wrk's summary as the Lua `done()` prints it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Summary {
-    pub requests: u64,
+    /// Requests per second over the run.
+    pub rps: f64,
     pub duration_us: u64,
-    /// connect, read, write, status (non-2xx), timeout.
-    pub errors: std::collections::BTreeMap<String, u64>,
-    pub latency_us: Latency,
-}
-
-impl Summary {
-    pub fn rps(&self) -> f64 {
-        self.requests as f64 / (self.duration_us.max(1) as f64 / 1e6)
-    }
     /// Non-2xx answers plus socket errors.
-    pub fn errors(&self) -> u64 {
-        self.errors.values().sum()
-    }
+    pub errors: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p99_9_us: f64,
 }
 
 impl Wrk<'_> {
