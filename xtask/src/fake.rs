@@ -18,8 +18,8 @@
 //!
 //! ```text
 //! cargo xtask fake --listen 127.0.0.1:9000 --failure-rate 0.3
-//! curl -X POST localhost:9000/control -d '{"mode": "fail"}'   # every knob default but the mode
-//! curl localhost:9000/control                                 # knobs, calls, in-flight statistics
+//! curl -X POST -H 'Content-Type: application/json' localhost:9000/control -d '{"mode": "fail"}'
+//! curl localhost:9000/control   # knobs, calls, in-flight statistics
 //! ```
 //!
 //! A panic in a handler answers 500 and is counted ([`Fake::assert_no_panic`]), so it still fails
