@@ -35,7 +35,7 @@ fmt: ## Format the code
 	cargo fmt --all
 
 fake-upstream: ## Run the fake shoutcloud on 127.0.0.1:9000 (FAKE_UPSTREAM_LISTEN=...)
-	cargo run --release --example fake_shoutcloud -- --listen $(FAKE_UPSTREAM_LISTEN)
+	cargo xtask fake --listen $(FAKE_UPSTREAM_LISTEN)
 
 openapi: ## Regenerate the committed OpenAPI document
 	SHOUT_UPDATE_OPENAPI=1 cargo test openapi

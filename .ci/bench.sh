@@ -6,5 +6,5 @@
 # shellcheck source=.ci/lib.sh
 source "$(dirname "$0")/lib.sh"
 need wrk:wrk
-cargo build --release --locked --bin shout-proxy --example fake_shoutcloud
+cargo build --release --locked --bin shout-proxy
 exec cargo xtask bench "$@"

@@ -14,5 +14,5 @@ echo "$(chromium --version 2>/dev/null | head -n 1); node $(node --version)"
 # npm ci installs the locked playwright-core only (about 2 s, from npm's cache when it has it); it
 # never downloads a browser of its own.
 (cd .ci/browser && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
-cargo build --release --locked --bin shout-proxy --example fake_shoutcloud
+cargo build --release --locked --bin shout-proxy
 SCREENSHOT="$PWD/target/browser/swagger.png" cargo xtask with --no-fake -- timeout 180 node .ci/browser/swagger.mjs

@@ -31,6 +31,6 @@ judge "k8s/monitoring copies in sync with prometheus/alerts.yaml and grafana/sho
 # and sending alerts to a private Alertmanager, the alerts' phases, a scripted load through every path the dashboard shows, then promtool check metrics and every
 # dashboard and alert query (xtask/src/promcheck.rs).
 section "cargo xtask promcheck"
-cargo build --release --locked --bin shout-proxy --example fake_shoutcloud
+cargo build --release --locked --bin shout-proxy
 judge "cargo xtask promcheck (alerts delivered and resolved; the service's metrics, dashboard and alert queries on a real Prometheus)" cargo xtask promcheck
 summary prometheus-check

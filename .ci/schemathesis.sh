@@ -5,7 +5,7 @@
 # methods answered 405 with `Allow`, ...). Any failure fails the script.
 #
 # `cargo xtask with` runs the release proxy against the repository's fake shoutcloud
-# (examples/fake_shoutcloud.rs), so the upstream path is exercised, not only the fallback.
+# (xtask/src/fake.rs), so the upstream path is exercised, not only the fallback.
 #
 # Installs schemathesis (pinned) into a virtualenv under ~/.cache, idempotently.
 # Environment:
@@ -18,7 +18,7 @@ source "$(dirname "$0")/lib.sh"
 venv=${XDG_CACHE_HOME:-$HOME/.cache}/shout-proxy/schemathesis
 pinned_venv "$venv" schemathesis==4.32.5
 "$venv/bin/st" --version
-cargo build --release --locked --bin shout-proxy --example fake_shoutcloud
+cargo build --release --locked --bin shout-proxy
 seed=${ST_SEED:-20261121}
 seed_args=(--seed "$seed"); [ "$seed" != random ] || seed_args=()
 # From inside target/schemathesis, so schemathesis's and hypothesis's caches land there.

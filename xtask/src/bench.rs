@@ -3,9 +3,11 @@
 //! handler (the same poem stack and the crate's transform, nothing else) as the ceiling.
 //!
 //! Rounds are interleaved (every round runs every scenario) so a noisy machine's drift hits all
-//! alike; the best round counts. Each scenario starts its own processes, so peak RSS is its own.
-//! Then a one-CPU concurrency sweep gives the request rate one pod sustains within the p99 goal
-//! (the HPA target), and a memory run pushes unique inputs through the bounded cache.
+//! alike; every round is kept and the best one per scenario counts. Each scenario starts its own
+//! shout-proxy, so its peak RSS is its own; the fake and the reference handler are served by the
+//! harness itself, so theirs are the harness's CPU and peak RSS. Then a one-CPU concurrency sweep
+//! gives the request rate one pod sustains within the p99 goal (the HPA target), and a memory run
+//! pushes unique inputs through the bounded cache.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,9 +18,9 @@ use serde_json::{Value, json};
 
 use crate::chart::{Bar, bars};
 use crate::client::{Shouter, expected};
-use crate::fake::Fake;
+use crate::fake::{Fake, serve};
 use crate::load::Wrk;
-use crate::proc::{External, Proc, Proxy, free_port, out_dir, root};
+use crate::proc::{External, Proxy, cpu_seconds, out_dir, root, rss_mib};
 use crate::{Targets, table};
 
 #[derive(clap::Args)]
@@ -66,17 +68,12 @@ const SCENARIOS: [(&str, &[&str], &[&str]); 9] = [
 ];
 const P99_GOAL_MS: f64 = 5.0;
 
-/// The bare handler: poem, JSON in and out, the crate's transform.
-pub async fn reference(listen: &str) -> Result<()> {
-    #[poem::handler]
-    fn shout(poem::web::Json(body): poem::web::Json<Value>) -> poem::web::Json<Value> {
-        poem::web::Json(json!({"data": expected(body["data"].as_str().unwrap_or_default())}))
-    }
-    let app = poem::Route::new().at("/", poem::post(shout));
-    Ok(poem::Server::new(poem::listener::TcpListener::bind(listen)).run(app).await?)
+#[poem::handler]
+fn reference(poem::web::Json(body): poem::web::Json<Value>) -> poem::web::Json<Value> {
+    poem::web::Json(json!({"data": expected(body["data"].as_str().unwrap_or_default())}))
 }
 
-/// One measurement (the best round's, with every round's req/s, errors and peak RSS over all).
+/// One measurement (for a scenario's best round: every round's req/s, errors and peak RSS over all).
 #[derive(Debug, Clone, Default, Serialize)]
 struct Measure {
     scenario: String,
@@ -97,13 +94,16 @@ struct Measure {
 /// The paths of the one-pod concurrency sweep.
 const SWEPT: [&str; 3] = ["cache-hit", "miss", "breaker-open"];
 
-/// The processes of one scenario and where wrk sends.
+/// The servers of one scenario, and where wrk sends.
 #[derive(Default)]
 struct Stack {
-    target: Option<Proc>,
+    /// Stops the in-process reference handler when dropped.
+    bare: Option<tokio::sync::oneshot::Sender<()>>,
     proxy: Option<Proxy>,
     fake: Option<Fake>,
     redis: Option<External>,
+    /// The process under test: the proxy's, else the harness's own.
+    pid: u32,
     url: String,
     inputs: &'static str,
     field: &'static str,
@@ -118,20 +118,16 @@ async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
 }
 
 impl Stack {
-    async fn start(kind: &str, run: &str, cpus: Option<&str>) -> Result<Stack> {
+    /// `kind`'s stack: the fake with start-up `knobs`, shout-proxy with `extra` flags (as needed).
+    async fn start(kind: &str, knobs: &[&str], extra: &[&str], run: &str, cpus: Option<&str>) -> Result<Stack> {
         let tag = format!("bench-{kind}");
         let inputs = if kind.ends_with("same") || kind.contains("hit") { "same" } else { "unique" };
-        let mut stack = Stack { inputs, field: "data", ..Default::default() };
+        let mut stack = Stack { inputs, field: "data", pid: std::process::id(), ..Default::default() };
         if kind.starts_with("bare") {
-            let port = free_port()?;
-            let args = ["reference".into(), format!("127.0.0.1:{port}")];
-            let mut target = Proc::spawn(&tag, &std::env::current_exe()?, &args)?;
-            stack.url = format!("http://127.0.0.1:{port}/");
-            target.wait_ready(&stack.url, Duration::from_secs(15), true).await?;
-            stack.target = Some(target);
+            let (base, stop) = serve("127.0.0.1:0", poem::Route::new().at("/", poem::post(reference))).await?;
+            (stack.url, stack.bare) = (format!("{base}/"), Some(stop));
             return Ok(stack);
         }
-        let (_, knobs, extra) = SCENARIOS.iter().find(|s| s.0 == kind).context("no such scenario")?;
         let fake = Fake::start(&format!("{tag}-fake"), knobs).await?;
         if kind == "upstream-direct" {
             (stack.url, stack.field, stack.fake) = (fake.shout_url(), "INPUT", Some(fake));
@@ -158,38 +154,32 @@ impl Stack {
             }
             _ => {}
         }
+        stack.pid = proxy.proc.pid();
         (stack.url, stack.proxy, stack.fake) = (format!("{}/", proxy.url), Some(proxy), Some(fake));
         Ok(stack)
     }
 
-    /// The process under test.
-    fn target(&self) -> Option<&Proc> {
-        self.proxy.as_ref().map(|p| &p.proc).or(self.target.as_ref()).or(self.fake.as_ref().map(|f| &f.proc))
-    }
-
     /// wrk against this stack, with its inputs and JSON field.
-    fn wrk<'a>(&'a self, run: &'a str, connections: u32, secs: f64, cpus: Option<&'a str>) -> Wrk<'a> {
+    fn wrk<'a>(&'a self, run: &'a str, connections: u32, secs: f64) -> Wrk<'a> {
         let (duration, inputs, field) = (Duration::from_secs_f64(secs), self.inputs, self.field);
-        Wrk { duration, connections, inputs, field, run, cpus, ..Wrk::new(&self.url) }
+        Wrk { url: &self.url, duration, connections, inputs, field, run }
     }
 
-    async fn measure(&self, kind: &str, run: &str, connections: u32, secs: f64, cpus: Option<&str>) -> Result<Measure> {
+    async fn measure(&self, kind: &str, run: &str, connections: u32, secs: f64) -> Result<Measure> {
         let before = if let Some(p) = &self.proxy { p.metrics().await? } else { Default::default() };
-        let cpu = self.target().map_or(0.0, Proc::cpu_seconds);
-        let s = self.wrk(run, connections, secs, cpus).run().await?;
-        let cpu_cores = (self.target().map_or(0.0, Proc::cpu_seconds) - cpu) / (s.duration_us as f64 / 1e6);
-        let l = &s.latency_us;
+        let cpu = cpu_seconds(self.pid);
+        let s = self.wrk(run, connections, secs).run().await?;
+        let cpu_cores = (cpu_seconds(self.pid) - cpu) / (s.duration_us as f64 / 1e6);
         let mut m = Measure {
             scenario: kind.into(),
             connections,
-            rps: s.rps(),
-            rounds: vec![s.rps()],
-            p50_ms: l.p50 / 1e3,
-            p99_ms: l.p99 / 1e3,
-            p99_9_ms: l.p99_9 / 1e3,
-            errors: s.errors(),
+            rps: s.rps,
+            p50_ms: s.p50_us / 1e3,
+            p99_ms: s.p99_us / 1e3,
+            p99_9_ms: s.p99_9_us / 1e3,
+            errors: s.errors,
             cpu_cores,
-            peak_rss_mib: self.target().map_or(0.0, |t| t.rss_mib().1),
+            peak_rss_mib: rss_mib(self.pid).1,
             ..Default::default()
         };
         if let Some(proxy) = &self.proxy {
@@ -226,22 +216,18 @@ impl Stack {
 }
 
 /// RSS after `inputs` unique misses through the bounded cache (64 MiB), against bound + 50 MiB.
-async fn memory_run(inputs: u64) -> Result<Value> {
-    let fake = Fake::start("bench-memory-fake", &[]).await?;
-    let proxy =
-        Proxy::start("bench-memory", &fake.shout_url(), &["--cache-max-bytes", "67108864", "--log-format", "json"])
-            .await?;
-    let (started, url) = (std::time::Instant::now(), format!("{}/", proxy.url));
-    let wrk =
-        Wrk { duration: Duration::from_secs(inputs / 300 + 60), limit: Some(inputs), run: "mem", ..Wrk::new(&url) };
+async fn memory_run(inputs: u64, connections: u32) -> Result<Value> {
+    let stack = Stack::start("memory", &[], &["--cache-max-bytes", "67108864"], "mem", None).await?;
+    let proxy = stack.proxy.as_ref().context("the memory run's shout-proxy")?;
+    let (started, wrk) = (std::time::Instant::now(), stack.wrk("mem", connections, (inputs / 300 + 60) as f64));
     let child = wrk.spawn()?;
     let misses = |m: &crate::prom::Metrics| {
         m.sum("shout_answers_total") - m.sample("shout_answers_total", &[("source", "cache")])
     };
     while misses(&proxy.metrics().await?) < inputs as f64 && started.elapsed() < wrk.duration {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // wrk prints its summary on SIGINT; its threads idle once the limit is reached.
+    // wrk prints its summary on SIGINT; the inputs counted are the misses, overshoot included.
     tokio::process::Command::new("kill").args(["-INT", &child.id().unwrap_or(0).to_string()]).status().await?;
     let summary = Wrk::finish(child).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -250,7 +236,7 @@ async fn memory_run(inputs: u64) -> Result<Value> {
     let (rss, peak) = proxy.proc.rss_mib();
     let inputs = misses(&m) as u64;
     Ok(
-        json!({"inputs": inputs, "errors": summary.errors(), "seconds": started.elapsed().as_secs_f64(), "rss_mib": rss, "peak_rss_mib": peak, "cache": cache}),
+        json!({"inputs": inputs, "errors": summary.errors, "seconds": started.elapsed().as_secs_f64(), "rss_mib": rss, "peak_rss_mib": peak, "cache": cache}),
     )
 }
 
@@ -259,36 +245,38 @@ pub async fn run(args: Args) -> Result<()> {
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 });
     let memory_inputs = args.memory_inputs.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
     let id = std::process::id() % 1000;
-    let mut best: Vec<Measure> = Vec::new();
+    let mut runs = Vec::new();
     for round in 1..=rounds {
-        for (kind, _, _) in SCENARIOS.iter().filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.0)) {
+        for (kind, knobs, extra) in
+            SCENARIOS.iter().filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.0))
+        {
             let run = format!("r{round}{id}");
-            let stack = Stack::start(kind, &run, None).await?;
+            let stack = Stack::start(kind, knobs, extra, &run, None).await?;
             // Warm-up on other unique inputs than the measured ones.
-            stack.wrk(&format!("{run}w"), args.connections, secs / 4.0, None).run().await?;
-            let m = stack.measure(kind, &run, args.connections, secs, None).await?;
-            match best.iter_mut().find(|b| b.scenario == *kind) {
-                Some(b) => {
-                    let rounds = [&b.rounds[..], &[m.rps]].concat();
-                    let (errors, peak) = (b.errors + m.errors, b.peak_rss_mib.max(m.peak_rss_mib));
-                    if m.rps > b.rps {
-                        *b = m;
-                    }
-                    (b.rounds, b.errors, b.peak_rss_mib) = (rounds, errors, peak);
-                }
-                None => best.push(m),
+            stack.wrk(&format!("{run}w"), args.connections, secs / 4.0).run().await?;
+            runs.push(stack.measure(kind, &run, args.connections, secs).await?);
+        }
+    }
+    let best = best_rounds(&runs);
+    let full = args.only.is_empty();
+    let memory =
+        if memory_inputs > 0 && full { Some(memory_run(memory_inputs, args.connections).await?) } else { None };
+    let mut sweep = Vec::new();
+    if full && !args.quick {
+        // One pod's worth: shout-proxy pinned to CPU 1; the harness (so the fake) and wrk, its
+        // child, to CPU 0 until exit (the sweep runs last).
+        let pid = std::process::id().to_string();
+        let pinned = std::process::Command::new("taskset").args(["-apc", "0", &pid]).output()?;
+        if !pinned.status.success() {
+            bail!("taskset -apc 0 {pid}: {}", String::from_utf8_lossy(&pinned.stderr));
+        }
+        for (kind, knobs, extra) in SCENARIOS.iter().filter(|s| SWEPT.contains(&s.0)) {
+            let stack = Stack::start(kind, knobs, extra, &format!("s{id}"), Some("1")).await?;
+            for c in [1, 2, 4, 8, 16, 32] {
+                sweep.push(stack.measure(kind, &format!("s{id}c{c}"), c, secs / 2.0).await?);
             }
         }
     }
-    let mut sweep = Vec::new();
-    for kind in if args.quick || !args.only.is_empty() { &[][..] } else { &SWEPT[..] } {
-        // One pod's worth: shout-proxy pinned to CPU 1, wrk and the fake on CPU 0.
-        let stack = Stack::start(kind, &format!("s{id}"), Some("1")).await?;
-        for c in [1, 2, 4, 8, 16, 32] {
-            sweep.push(stack.measure(kind, &format!("s{id}c{c}"), c, secs / 2.0, Some("0")).await?);
-        }
-    }
-    let memory = if memory_inputs > 0 && args.only.is_empty() { Some(memory_run(memory_inputs).await?) } else { None };
     let dir = out_dir("bench")?;
     let results = json!({"scenarios": best, "sweep": sweep, "memory": memory});
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
@@ -301,6 +289,23 @@ pub async fn run(args: Args) -> Result<()> {
         update_docs("benchmark.md", "bench:results", &report, &dir.join("benchmark.svg"))?;
     }
     if args.strict { targets.verdict() } else { Ok(()) }
+}
+
+/// Each scenario's best round, with every round's req/s, the errors of all and the highest peak RSS.
+fn best_rounds(runs: &[Measure]) -> Vec<Measure> {
+    let mut best = Vec::new();
+    for (kind, ..) in SCENARIOS {
+        let of: Vec<&Measure> = runs.iter().filter(|m| m.scenario == kind).collect();
+        if let Some(top) = of.iter().max_by(|a, b| a.rps.total_cmp(&b.rps)) {
+            best.push(Measure {
+                rounds: of.iter().map(|m| m.rps).collect(),
+                errors: of.iter().map(|m| m.errors).sum(),
+                peak_rss_mib: of.iter().map(|m| m.peak_rss_mib).fold(0.0, f64::max),
+                ..(*top).clone()
+            });
+        }
+    }
+    best
 }
 
 /// The benchmark's targets, judged on the best rounds and the memory run.

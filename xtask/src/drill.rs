@@ -266,7 +266,7 @@ pub async fn run(args: Args) -> Result<()> {
             d.recovery().await?;
         }
     }
-    d.fake.proc.assert_no_panic()?;
+    d.fake.assert_no_panic()?;
     let (extra, secs) = (d.proxy_arg.join(" "), started.elapsed().as_secs_f64());
     let head = format!(
         "`cargo xtask drill`: {REQUESTS} unique requests per mode, {CONCURRENCY} concurrent, hard-down modes over {HARD_DOWN_SECS} s; proxy defaults with `--breaker-open-ms 2000` {extra}; a fresh proxy per mode; {secs:.0} s.\n\n{}\n\

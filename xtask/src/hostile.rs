@@ -232,7 +232,7 @@ pub async fn run(args: Args) -> Result<()> {
         let measured = format!("{} lines, longest {longest} bytes, user text found: {leak}", log.lines().count());
         t.check(format!("{} log: no panic, no user text, lines <= {MAX_LOG_LINE} bytes", p.name), ok, measured);
     }
-    fake.proc.assert_no_panic()?;
+    fake.assert_no_panic()?;
     let (took, flags) = (started.elapsed().as_secs_f64(), args.proxy_arg.iter().map(|a| format!(" {a}")));
     t.report(&format!("`cargo xtask hostile{}`: {took:.0} s.", flags.collect::<String>()), "hostile-drill.md")?;
     t.verdict()

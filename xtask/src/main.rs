@@ -2,13 +2,13 @@
 //!
 //! # Layout
 //!
-//! - `proc`: processes (service, fake upstream, external servers), free ports, readiness, logs;
+//! - `proc`: processes (service, external servers), free ports, readiness, logs;
 //! - `prom`: the Prometheus text reader, Prometheus durations compressed;
-//! - `fake`: the fake upstream (`examples/fake_shoutcloud.rs`) and its `/control` API;
+//! - `fake`: the fake upstream, served in-process, and its knobs;
 //! - `client`: HTTP shouts checked against the crate's transform, raw TCP clients;
 //! - `load`: wrk; `chart`: plotters;
 //! - the commands: `drill` (fault drill), `hostile` (hostile clients and upstream), `bench`
-//!   (benchmark and `reference`, its ceiling), `promcheck` (the alerts firing and resolved on a
+//!   (benchmark), `promcheck` (the alerts firing and resolved on a
 //!   real Prometheus and Alertmanager, every dashboard and alert query), `fleet` (instances
 //!   sharing a real Redis), `autoscale` (the HPA simulated), `with` (outside tools);
 //! - `Targets`: every command's targets, printed as judged, reported as a table.
@@ -46,12 +46,6 @@ enum Cmd {
     Hostile(hostile::Args),
     /// The load benchmark with wrk; writes target/xtask/bench/results.{json,md} and the chart.
     Bench(bench::Args),
-    /// The bare reference handler, the benchmark's ceiling (poem + the crate's transform).
-    Reference {
-        /// Address to listen on.
-        #[arg(default_value = "127.0.0.1:18090")]
-        listen: String,
-    },
     /// The alerts silent, firing, resolved on real Prometheus and Alertmanager; every dashboard and alert query.
     Promcheck(promcheck::Args),
     /// Runs an outside tool against a fresh shout-proxy (`BASE_URL`) and fake upstream (`FAKE_URL`);
@@ -68,6 +62,14 @@ enum Cmd {
     Fleet,
     /// The HPA simulated on real replicas and a real Prometheus (docs/autoscaling.md).
     Autoscale(autoscale::Args),
+    /// The fake shoutcloud alone, for demos and developers; `GET/POST /control` read and set its knobs.
+    Fake {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        #[command(flatten)]
+        knobs: fake::Knobs,
+    },
 }
 
 /// A missed target (exit 1), as opposed to a broken check (exit 2).
@@ -140,7 +142,7 @@ async fn with(no_fake: bool, command: &[String]) -> anyhow::Result<()> {
     let status = cmd.status().await?;
     proxy.proc.assert_no_panic()?;
     if let Some(f) = &fake {
-        f.proc.assert_no_panic()?;
+        f.assert_no_panic()?;
         eprintln!("[with] the fake shoutcloud saw: {}", f.control().await?);
     }
     if status.success() { Ok(()) } else { Err(Missed(vec![format!("{} exited with {status}", command[0])]).into()) }
@@ -153,11 +155,11 @@ async fn main() -> std::process::ExitCode {
         Cmd::Drill(args) => drill::run(args).await,
         Cmd::Hostile(args) => hostile::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
-        Cmd::Reference { listen } => bench::reference(&listen).await,
         Cmd::Promcheck(args) => promcheck::run(args).await,
         Cmd::With { no_fake, command } => with(no_fake, &command).await,
         Cmd::Fleet => fleet::run().await,
         Cmd::Autoscale(args) => autoscale::run(args).await,
+        Cmd::Fake { listen, knobs } => fake::run(&listen, knobs).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,5 @@
-//! Processes the harness starts: the release `shout-proxy`, the release `fake_shoutcloud`
-//! example, and any external server (redis-server, prometheus, alertmanager) on a free loopback
-//! port with a generated config file.
+//! Processes the harness starts: the release `shout-proxy` and any external server
+//! (redis-server, prometheus, alertmanager) on a free loopback port with a generated config file.
 //!
 //! Every process logs to a file under `target/xtask/` and is killed when its handle drops, so
 //! nothing outlives a failed check. Readiness is "a URL answers 2xx before a deadline", and
@@ -33,12 +32,12 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A release binary of this workspace: `shout-proxy`, `examples/fake_shoutcloud`, `xtask`.
+/// A release binary of this workspace: `shout-proxy`, `xtask`.
 pub fn release_bin(name: &str) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let path = target.join("release").join(name);
     if !path.exists() {
-        bail!("{} is missing: cargo build --release --bin shout-proxy --example fake_shoutcloud", path.display());
+        bail!("{} is missing: cargo build --release --bin shout-proxy", path.display());
     }
     Ok(path)
 }
@@ -109,15 +108,25 @@ impl Proc {
 
     /// Resident and peak resident memory (VmRSS, VmHWM) in MiB, from /proc; zeros once it is gone.
     pub fn rss_mib(&self) -> (f64, f64) {
-        let status = procfs::process::Process::new(self.pid() as i32).and_then(|p| p.status());
-        status.map_or((0.0, 0.0), |s| (s.vmrss.unwrap_or(0) as f64 / 1024.0, s.vmhwm.unwrap_or(0) as f64 / 1024.0))
+        rss_mib(self.pid())
     }
 
     /// User + system CPU seconds of the process, from /proc; zero once it is gone.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = procfs::process::Process::new(self.pid() as i32).and_then(|p| p.stat());
-        stat.map_or(0.0, |s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
+        cpu_seconds(self.pid())
     }
+}
+
+/// Resident and peak resident memory (VmRSS, VmHWM) of `pid` in MiB, from /proc; zeros once it is gone.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = procfs::process::Process::new(pid as i32).and_then(|p| p.status());
+    status.map_or((0.0, 0.0), |s| (s.vmrss.unwrap_or(0) as f64 / 1024.0, s.vmhwm.unwrap_or(0) as f64 / 1024.0))
+}
+
+/// User + system CPU seconds of `pid`, from /proc; zero once it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = procfs::process::Process::new(pid as i32).and_then(|p| p.stat());
+    stat.map_or(0.0, |s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// The service under test, with its ports.
