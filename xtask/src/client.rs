@@ -43,30 +43,42 @@ impl Shouter {
     pub async fn shout(&self, i: usize, text: &str) -> Outcome {
         let path = ["/", "/v1", "/v1/"][i % 3];
         let request = self.http.post(format!("{}{path}", self.url));
-        let request = if i.is_multiple_of(2) {
-            request.json(&serde_json::json!({"data": text}))
-        } else {
-            request.form(&[("data", text)])
+        let request = match i % 2 {
+            0 => request.json(&serde_json::json!({"data": text})),
+            _ => request.form(&[("data", text)]),
         };
         let started = Instant::now();
-        let response = request.send().await;
-        let status = response.as_ref().map_or(0, |r| r.status().as_u16());
-        let source = response.as_ref().ok().and_then(|r| r.headers().get("x-shout-source")?.to_str().ok());
-        let source = source.unwrap_or("").to_owned();
-        let body = match response {
-            Ok(response) => response.bytes().await,
-            Err(e) => Err(e),
+        let answer = async {
+            let response = request.send().await?;
+            let source = response.headers().get("x-shout-source").and_then(|v| v.to_str().ok()).unwrap_or("");
+            anyhow::Ok((response.status().as_u16(), source.to_owned(), response.bytes().await?))
         };
+        let answer = answer.await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let answer =
+        let right =
             |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["data"] == expected(text));
-        let correct = status == 200 && body.as_ref().is_ok_and(|body| answer(body));
-        let error = match body {
-            _ if correct => String::new(),
-            Ok(body) => format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(120)])),
-            Err(e) => e.to_string(),
+        let (correct, source, error) = match answer {
+            Ok((200, source, body)) if right(&body) => (true, source, String::new()),
+            Ok((status, source, body)) => {
+                (false, source, format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(120)])))
+            }
+            Err(e) => (false, String::new(), e.to_string()),
         };
         Outcome { correct, source, latency_ms, error }
+    }
+
+    /// Requests one after another, one starting at most every `pace` (request n for `{tag} #n`),
+    /// until `done` says so of the outcomes so far (checked after each).
+    pub async fn paced(&self, tag: &str, pace: Duration, mut done: impl FnMut(&[Outcome]) -> bool) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        loop {
+            let next = tokio::time::sleep(pace);
+            outcomes.push(self.shout(outcomes.len(), &format!("{tag} #{}", outcomes.len())).await);
+            if done(&outcomes) {
+                return outcomes;
+            }
+            next.await;
+        }
     }
 
     /// Every text once, `concurrency` at a time (request `i` for `texts[i]`), in completion order.
@@ -109,16 +121,11 @@ impl RawClient {
     /// Waits up to `within` for the server to close (EOF or reset), keeping (up to 64 KiB of)
     /// whatever it sends first. `Some(bytes sent)` when it closed, `None` when still open.
     pub async fn closed_within(&mut self, within: Duration) -> Option<Vec<u8>> {
-        let (mut buf, mut read) = ([0u8; 4096], Vec::new());
-        let deadline = tokio::time::Instant::now() + within;
-        while read.len() < 65536 {
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
-                Err(_) => return None,
-                Ok(Ok(0) | Err(_)) => return Some(read),
-                Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
-            }
+        let (mut read, mut first_64_kib) = (Vec::new(), (&mut self.stream).take(65536));
+        match tokio::time::timeout(within, first_64_kib.read_to_end(&mut read)).await {
+            Ok(Ok(..65536) | Err(_)) => Some(read), // EOF or a reset: closed
+            _ => None,                              // still open at the deadline, or 64 KiB and still sending
         }
-        None
     }
 }
 

@@ -9,6 +9,7 @@
 //! `cargo xtask hostile`'s. Single faults request by request are `tests/api/`'s job; this is the
 //! release binary under load, counted.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,9 +39,6 @@ pub struct Args {
     /// empty. Recovery and the build revision's check run after `5xx-503`.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
-    /// Extra flags for every proxy (an experiment: --proxy-arg=--retry-max=1).
-    #[arg(long)]
-    proxy_arg: Vec<String>,
 }
 
 /// Name, upstream (`fake`, `refused`: a closed port, `reset`: a server that resets), the fake's
@@ -73,10 +71,11 @@ const WORDS: &str = "hello|straße|ñandú|Ωmega|e\u{301}cole|cafe\u{301}|Ärge
     👩\u{200d}👩\u{200d}👧 jump|résumé|día";
 
 /// The columns of the modes table; one row per run of a mode.
-const HEADER: &str = "mode|correct|upstream/cache/fallback|p50 / p99 ms|upstream calls|duration|\
-    breaker at end (trips, probes)|fallbacks by reason|attempts by outcome|retries";
+const HEADER: &str = "mode|correct|answers upstream/cache/fallback|p50 / p99 ms|upstream calls|duration|\
+    breaker at end (transitions by state)|fallbacks by reason|attempts by outcome|retries";
 
-/// Accepts connections, reads the request, and closes with SO_LINGER 0: a TCP reset.
+/// Accepts connections, reads the request, and closes with SO_LINGER 0: a TCP reset. Returns
+/// its port and the count of connections it accepted.
 async fn reset_server() -> Result<(u16, Arc<AtomicU64>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (port, accepted) = (listener.local_addr()?.port(), Arc::new(AtomicU64::new(0)));
@@ -91,6 +90,11 @@ async fn reset_server() -> Result<(u16, Arc<AtomicU64>)> {
         }
     });
     Ok((port, accepted))
+}
+
+/// A fresh proxy: the defaults, with the breaker's open period at [`OPEN_MS`].
+async fn proxy(name: &str, upstream: &str) -> Result<Proxy> {
+    Proxy::start(&format!("drill-{name}"), upstream, &["--breaker-open-ms", &OPEN_MS.to_string()]).await
 }
 
 /// Sends every input once, `concurrency` at a time; request i starts no sooner than
@@ -110,169 +114,136 @@ fn breaker_gauge(metrics: &Metrics) -> String {
     metrics.by_label("shout_breaker_state", "state").into_iter().find(|s| s.1 == 1.0).unwrap_or_default().0
 }
 
-struct Drill {
-    /// Extra flags for every proxy.
-    proxy_arg: Vec<String>,
-    fake: Fake,
-    /// The reset server's port and the connections it accepted during the current mode.
-    reset: (u16, Arc<AtomicU64>),
-    /// The modes table's rows (target/xtask/fault-drill.md).
-    rows: Vec<String>,
-    targets: Targets,
+/// One run of a mode on a fresh proxy: its targets checked, its row of the modes table returned.
+async fn run_mode(t: &mut Targets, fake: &Fake, (label, kind, knobs, class): Mode) -> Result<String> {
+    let calls_before = fake.set(serde_json::from_str(knobs)?).await?["calls"].as_u64().unwrap_or(0);
+    let (port, accepted) = if kind == "reset" { reset_server().await? } else { (free_port()?, Arc::default()) };
+    let url = if kind == "fake" { fake.shout_url() } else { format!("http://127.0.0.1:{port}/V1/SHOUT") };
+    let proxy = proxy(label, &url).await?;
+    let spread = if class == "hard" { HARD_DOWN_SECS } else { 0.0 };
+    let inputs: Vec<String> =
+        WORDS.split('|').cycle().zip(0..REQUESTS).map(|(w, i)| format!("{w} {label} #{i}")).collect();
+    let (outcomes, seconds) = load(&Shouter::new(&proxy.url)?, &inputs, CONCURRENCY, spread).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = proxy.metrics().await?;
+    proxy.proc.assert_no_panic()?;
+    // Counted at the upstream when something listens there, else the proxy's own attempts.
+    let upstream_calls = match kind {
+        "fake" => (fake.calls().await? - calls_before) as f64,
+        "reset" => accepted.load(Ordering::Relaxed) as f64,
+        _ => metrics.sum("shout_upstream_attempts_total"),
+    };
+    let (n, correct) = (outcomes.len(), outcomes.iter().filter(|o| o.correct).count());
+    let latencies: Vec<f64> = outcomes.iter().map(|o| o.latency_ms).collect();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    // Answers by source, as the service counted them; misses: those not from the cache.
+    let [up, cache, fallback] =
+        ["upstream", "cache", "fallback"].map(|s| metrics.sample("shout_answers_total", &[("source", s)]));
+    let misses = up + fallback;
+    let pairs = |name: &str, label: &str| {
+        let pairs = metrics.by_label(name, label).into_iter().filter(|p| p.1 > 0.0);
+        pairs.map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    };
+    let calls = format!("{upstream_calls}{}", if kind == "refused" { "¹" } else { "" });
+    let row = [
+        format!("{label}|{correct}/{n}|{up}/{cache}/{fallback}|{p50:.0} / {p99:.0}|{calls}|{seconds:.1} s"),
+        format!("{} ({})", breaker_gauge(&metrics), pairs("shout_breaker_transitions_total", "state")),
+        pairs("shout_fallbacks_total", "reason"),
+        pairs("shout_upstream_attempts_total", "outcome"),
+        metrics.sum("shout_upstream_retries_total").to_string(),
+    ];
+
+    let first_wrong =
+        outcomes.iter().find(|o| !o.correct).map_or(String::new(), |o| format!("; first wrong: {}", o.error));
+    t.check(format!("{label}: 100% correct"), correct == n, format!("{correct}/{n} correct{first_wrong}"));
+    t.check(format!("{label}: p99 < {P99_LIMIT_MS} ms"), p99 < P99_LIMIT_MS, format!("p99 {p99:.0} ms"));
+    // N sent -> N counted, by the service's own counters.
+    let status_200 = [("http_response_status_code", "200")];
+    for (metric, labels) in
+        [("shout_answers_total", &[][..]), ("http_server_request_duration_seconds_count", &status_200)]
+    {
+        let counted = metrics.sample(metric, labels);
+        let measured = format!("{counted} counted of {n}");
+        t.check(format!("{label}: {metric} counts every request"), counted == n as f64, measured);
+    }
+    t.check(format!("{label}: every request a cache miss"), misses == n as f64, format!("{misses} misses"));
+    let active = metrics.has("http_server_active_requests").then(|| metrics.sum("http_server_active_requests"));
+    t.check(format!("{label}: no request active at rest"), active == Some(0.0), format!("{active:?} active"));
+    if class == "hard" || class == "burst" {
+        let per_period = upstream_calls / (seconds * 1000.0 / OPEN_MS).max(1.0);
+        let measured = format!("{upstream_calls} calls for {n} requests; {per_period:.1} per {OPEN_MS} ms period");
+        t.check(format!("{label}: upstream calls < 0.5 x requests"), upstream_calls < 0.5 * n as f64, measured);
+    }
+    if class == "flaky" {
+        let measured = format!("{upstream_calls} calls for {misses} misses = {:.2}x", upstream_calls / misses.max(1.0));
+        t.check(format!("{label}: upstream calls <= 1.3 x misses"), upstream_calls <= 1.3 * misses, measured);
+    }
+    Ok(row.join("|"))
 }
 
-impl Drill {
-    async fn proxy(&self, upstream: &str, name: &str) -> Result<Proxy> {
-        let open_ms = OPEN_MS.to_string();
-        let mut extra = vec!["--breaker-open-ms", &open_ms];
-        extra.extend(self.proxy_arg.iter().map(String::as_str));
-        Proxy::start(&format!("drill-{name}"), upstream, &extra).await
-    }
-
-    async fn run_mode(&mut self, (label, kind, knobs, class): Mode) -> Result<()> {
-        let calls_before = self.fake.set(serde_json::from_str(knobs)?).await?["calls"].as_u64().unwrap_or(0);
-        self.reset.1.store(0, Ordering::Relaxed);
-        let port = if kind == "reset" { self.reset.0 } else { free_port()? };
-        let url = if kind == "fake" { self.fake.shout_url() } else { format!("http://127.0.0.1:{port}/V1/SHOUT") };
-        let proxy = self.proxy(&url, label).await?;
-        let spread = if class == "hard" { HARD_DOWN_SECS } else { 0.0 };
-        let words: Vec<&str> = WORDS.split('|').collect();
-        let inputs: Vec<String> = (0..REQUESTS).map(|i| format!("{} {label} #{i}", words[i % words.len()])).collect();
-        let (outcomes, seconds) = load(&Shouter::new(&proxy.url)?, &inputs, CONCURRENCY, spread).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let metrics = proxy.metrics().await?;
-        proxy.proc.assert_no_panic()?;
-        // Counted at the upstream when something listens there, else the proxy's own attempts.
-        let upstream_calls = match kind {
-            "fake" => (self.fake.calls().await? - calls_before) as f64,
-            "reset" => self.reset.1.load(Ordering::Relaxed) as f64,
-            _ => metrics.sum("shout_upstream_attempts_total"),
-        };
-        let (n, correct) = (outcomes.len(), outcomes.iter().filter(|o| o.correct).count());
-        let latencies: Vec<f64> = outcomes.iter().map(|o| o.latency_ms).collect();
-        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
-        let [up, cache, fallback] =
-            ["upstream", "cache", "fallback"].map(|s| outcomes.iter().filter(|o| o.source == s).count());
-        // Misses: answers not from the cache.
-        let answers = |s: &str| metrics.sample("shout_answers_total", &[("source", s)]);
-        let misses = answers("upstream") + answers("fallback");
-        let transitions = |s: &str| metrics.sample("shout_breaker_transitions_total", &[("state", s)]);
-        let (trips, probes) = (transitions("open"), transitions("half_open"));
-        let pairs = |name: &str, label: &str| {
-            let pairs = metrics.by_label(name, label).into_iter().filter(|p| p.1 > 0.0);
-            pairs.map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
-        };
-        let (fallbacks, attempts) =
-            (pairs("shout_fallbacks_total", "reason"), pairs("shout_upstream_attempts_total", "outcome"));
-        let (retries, state) = (metrics.sum("shout_upstream_retries_total"), breaker_gauge(&metrics));
-        let calls = format!("{upstream_calls}{}", if kind == "refused" { "¹" } else { "" });
-        self.rows.push(format!(
-            "{label}|{correct}/{n}|{up}/{cache}/{fallback}|{p50:.0} / {p99:.0}|{calls}|{seconds:.1} s|\
-             {state} ({trips}, {probes})|{fallbacks}|{attempts}|{retries}"
-        ));
-
-        let t = &mut self.targets;
-        let first_wrong =
-            outcomes.iter().find(|o| !o.correct).map_or(String::new(), |o| format!("; first wrong: {}", o.error));
-        t.check(format!("{label}: 100% correct"), correct == n, format!("{correct}/{n} correct{first_wrong}"));
-        t.check(format!("{label}: p99 < {P99_LIMIT_MS} ms"), p99 < P99_LIMIT_MS, format!("p99 {p99:.0} ms"));
-        // N sent -> N counted, by the service's own counters.
-        let status_200 = [("http_response_status_code", "200")];
-        for (metric, labels) in
-            [("shout_answers_total", &[][..]), ("http_server_request_duration_seconds_count", &status_200)]
-        {
-            let counted = metrics.sample(metric, labels);
-            let measured = format!("{counted} counted of {n}");
-            t.check(format!("{label}: {metric} counts every request"), counted == n as f64, measured);
-        }
-        t.check(format!("{label}: every request a cache miss"), misses == n as f64, format!("{misses} misses"));
-        let active = metrics.has("http_server_active_requests").then(|| metrics.sum("http_server_active_requests"));
-        t.check(format!("{label}: no request active at rest"), active == Some(0.0), format!("{active:?} active"));
-        if class == "hard" || class == "burst" {
-            let per_period = upstream_calls / (seconds * 1000.0 / OPEN_MS).max(1.0);
-            let measured = format!("{upstream_calls} calls for {n} requests; {per_period:.1} per {OPEN_MS} ms period");
-            t.check(format!("{label}: upstream calls < 0.5 x requests"), upstream_calls < 0.5 * n as f64, measured);
-        }
-        if class == "flaky" {
-            let measured =
-                format!("{upstream_calls} calls for {misses} misses = {:.2}x", upstream_calls / misses.max(1.0));
-            t.check(format!("{label}: upstream calls <= 1.3 x misses"), upstream_calls <= 1.3 * misses, measured);
-        }
-        Ok(())
-    }
-
-    /// One request answered by the healthy upstream; the breaker tripped on 503s, the fake healed
-    /// at once, then one request every 100 ms until one is answered by the upstream again; timed
-    /// from the start of the request that tripped it. The breaker's gauge is read after each step.
-    async fn recovery(&mut self) -> Result<()> {
-        self.fake.set(json!({})).await?;
-        let proxy = self.proxy(&self.fake.shout_url(), "recovery").await?;
-        let shouter = Shouter::new(&proxy.url)?;
-        let first = shouter.shout(0, "before").await;
-        let mut gauge = vec![breaker_gauge(&proxy.metrics().await?)];
-        self.fake.set(json!({"mode": "fail"})).await?;
-        let tripped = proxy.trip_breaker("recovery").await.context("recovery: on 503s")?;
-        gauge.push(breaker_gauge(&proxy.metrics().await?));
-        self.fake.set(json!({})).await?;
-        let (healed, mut polls, mut back) = (Instant::now(), 0, None);
-        let mut every_100ms = tokio::time::interval(Duration::from_millis(100));
-        while back.is_none() && healed.elapsed() < Duration::from_secs(15) {
-            every_100ms.tick().await;
-            let o = shouter.shout(polls, &format!("recover #{polls}")).await;
-            polls += 1;
-            if !o.correct {
-                self.targets.check("recovery: every poll answered correctly", false, o.error);
-            }
-            back = (o.source == "upstream").then(Instant::now);
-        }
-        let metrics = proxy.metrics().await?;
-        gauge.push(breaker_gauge(&metrics));
-        proxy.proc.assert_no_panic()?;
-        let ms = |since: Instant| back.map_or(f64::INFINITY, |b| (b - since).as_secs_f64() * 1e3);
-        let measured = match back {
-            Some(_) => {
-                format!("{:.0} ms after the trip ({:.0} ms after healing, {polls} polls)", ms(tripped), ms(healed))
-            }
-            None => "no upstream answer within 15 s".into(),
-        };
-        self.targets.check("recovery within open period + 500 ms", ms(tripped) <= OPEN_MS + 500.0, measured);
-        let target = "shout_breaker_state: closed after an upstream answer, open after the trip, closed after recovery";
-        let ok = first.source == "upstream" && gauge == ["closed", "open", "closed"];
-        self.targets.check(target, ok, format!("first answer from {:?}; {}", first.source, gauge.join(", ")));
-        self.revision(&metrics)
-    }
-
-    /// `shout_build_info` and `--version` against HEAD.
-    fn revision(&mut self, metrics: &Metrics) -> Result<()> {
-        let run = |cmd: &str, args: &[&str]| std::process::Command::new(cmd).args(args).current_dir(root()).output();
-        let head = String::from_utf8_lossy(&run("git", &["rev-parse", "--short=12", "HEAD"])?.stdout).trim().to_owned();
-        let version = run(&release_bin("shout-proxy")?.display().to_string(), &["--version"])?.stdout;
-        let version = String::from_utf8_lossy(&version).trim().to_owned();
-        let revision = metrics.by_label("shout_build_info", "revision").into_iter().next().unwrap_or_default().0;
-        let ok = !head.is_empty() && revision == head && version.contains(&head);
-        let measured = format!("HEAD {head}, build_info {revision}, --version {version}");
-        self.targets.check("build revision is HEAD's", ok, measured);
-        Ok(())
-    }
+/// One request answered by the healthy upstream; the breaker tripped on 503s, the fake healed
+/// at once, then one request every 100 ms until one is answered by the upstream again; timed
+/// from the start of the request that tripped it. The breaker's gauge is read after each step.
+async fn recovery(t: &mut Targets, fake: &Fake) -> Result<()> {
+    fake.set(json!({})).await?;
+    let proxy = proxy("recovery", &fake.shout_url()).await?;
+    let shouter = Shouter::new(&proxy.url)?;
+    let first = shouter.shout(0, "before").await;
+    let mut gauge = vec![breaker_gauge(&proxy.metrics().await?)];
+    fake.set(json!({"mode": "fail"})).await?;
+    let tripped = proxy.trip_breaker("recovery").await.context("recovery: on 503s")?;
+    gauge.push(breaker_gauge(&proxy.metrics().await?));
+    fake.set(json!({})).await?;
+    let healed = Instant::now();
+    let upstream = |o: &[Outcome]| o.last().is_some_and(|o| o.source == "upstream");
+    let give_up = healed + Duration::from_secs(15);
+    let polls = shouter.paced("recover", Duration::from_millis(100), |o| upstream(o) || Instant::now() > give_up).await;
+    let back = upstream(&polls).then(Instant::now);
+    let metrics = proxy.metrics().await?;
+    gauge.push(breaker_gauge(&metrics));
+    proxy.proc.assert_no_panic()?;
+    let wrong: Vec<&Outcome> = polls.iter().filter(|o| !o.correct).collect();
+    let measured =
+        format!("{} wrong of {} polls, the first: {:?}", wrong.len(), polls.len(), wrong.first().map(|o| &o.error));
+    t.check("recovery: every poll answered correctly", wrong.is_empty(), measured);
+    // Infinite when no poll was answered by the upstream within 15 s.
+    let ms = |since: Instant| back.map_or(f64::INFINITY, |b| (b - since).as_secs_f64() * 1e3);
+    let measured = format!("{:.0} ms after the trip ({:.0} ms after healing)", ms(tripped), ms(healed));
+    t.check("recovery within open period + 500 ms", ms(tripped) <= OPEN_MS + 500.0, measured);
+    let target = "shout_breaker_state: closed after an upstream answer, open after the trip, closed after recovery";
+    let ok = first.source == "upstream" && gauge == ["closed", "open", "closed"];
+    t.check(target, ok, format!("first answer from {:?}; {}", first.source, gauge.join(", ")));
+    revision(t, &metrics)
 }
 
-pub async fn run(args: Args) -> Result<()> {
-    let (started, fake, reset) = (Instant::now(), Fake::start("drill-fake", &[]).await?, reset_server().await?);
-    let Args { modes, proxy_arg } = args;
-    let mut d = Drill { proxy_arg, fake, reset, rows: vec![], targets: Targets::new("drill") };
+/// `shout_build_info` and `--version` against HEAD.
+fn revision(t: &mut Targets, metrics: &Metrics) -> Result<()> {
+    let head = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(root()).output()?.stdout;
+    let version = Command::new(release_bin("shout-proxy")?).arg("--version").output()?.stdout;
+    let [head, version] = [head, version].map(|out| String::from_utf8_lossy(&out).trim().to_owned());
+    let revision = metrics.by_label("shout_build_info", "revision").into_iter().next().unwrap_or_default().0;
+    let ok = !head.is_empty() && revision == head && version.contains(&head);
+    let measured = format!("HEAD {head}, build_info {revision}, --version {version}");
+    t.check("build revision is HEAD's", ok, measured);
+    Ok(())
+}
+
+pub async fn run(Args { modes }: Args) -> Result<()> {
+    let (started, fake, mut t) = (Instant::now(), Fake::start("drill-fake", &[]).await?, Targets::new("drill"));
+    let mut rows = Vec::new();
     for mode in MODES.into_iter().filter(|m| modes.is_empty() || modes.iter().any(|w| m.0.starts_with(w))) {
-        d.run_mode(mode).await?;
+        rows.push(run_mode(&mut t, &fake, mode).await?);
         if mode.0 == "5xx-503" {
-            d.recovery().await?;
+            recovery(&mut t, &fake).await?;
         }
     }
-    d.fake.assert_no_panic()?;
-    let (extra, secs) = (d.proxy_arg.join(" "), started.elapsed().as_secs_f64());
+    fake.assert_no_panic()?;
+    let secs = started.elapsed().as_secs_f64();
     let head = format!(
-        "`cargo xtask drill`: {REQUESTS} unique requests per mode, {CONCURRENCY} concurrent, hard-down modes over {HARD_DOWN_SECS} s; proxy defaults with `--breaker-open-ms 2000` {extra}; a fresh proxy per mode; {secs:.0} s.\n\n{}\n\
+        "`cargo xtask drill`: {REQUESTS} unique requests per mode, {CONCURRENCY} concurrent, hard-down modes over {HARD_DOWN_SECS} s; proxy defaults with `--breaker-open-ms 2000`; a fresh proxy per mode; {secs:.0} s.\n\n{}\n\
          Upstream calls: the fake's `GET /control` count, or the connections the reset server accepted; ¹ nothing listens on a refused port, so the proxy's `shout_upstream_attempts_total`.",
-        table(HEADER, &d.rows)
+        table(HEADER, &rows)
     );
-    d.targets.report(&head, "fault-drill.md")?;
-    d.targets.verdict()
+    t.report(&head, "fault-drill.md")?;
+    t.verdict()
 }

@@ -73,19 +73,11 @@ async fn knee(t: &mut Targets, fake: &Fake, n: usize, tag: &str, secs: u64) -> R
     let proxies = start(n, &format!("fleet-knee-{n}"), &fake.shout_url(), &[]).await?;
     fake.set(json!({"knee": 8, "latency_ms": KNEE_LATENCY_MS as u64})).await?;
     let stop = Instant::now() + Duration::from_secs(secs);
+    // At most one request per client every 20 ms: 2,400/s offered, 12x what the knee serves,
+    // without fast fallbacks spinning the CPU that the timings share.
     let clients = (0..48).map(|c| {
-        let shouter = Shouter::new(&proxies[c % proxies.len()].url);
-        async move {
-            let (shouter, mut outcomes) = (shouter?, Vec::new());
-            while Instant::now() < stop {
-                // At most one request per client every 20 ms: 2,400/s offered, 12x what the knee
-                // serves, without fast fallbacks spinning the CPU that the timings share.
-                let pace = tokio::time::sleep(Duration::from_millis(20));
-                outcomes.push(shouter.shout(outcomes.len(), &format!("knee-{tag}-{c}-{}", outcomes.len())).await);
-                pace.await;
-            }
-            anyhow::Ok(outcomes)
-        }
+        let (shouter, tag) = (Shouter::new(&proxies[c % proxies.len()].url), format!("knee-{tag}-{c}"));
+        async move { anyhow::Ok(shouter?.paced(&tag, Duration::from_millis(20), |_| Instant::now() >= stop).await) }
     });
     let outcomes: Vec<Outcome> = try_join_all(clients).await?.concat();
     let mean = fake.control().await?["in_flight"]["mean"].as_f64().unwrap_or(f64::NAN);

@@ -43,7 +43,7 @@ enum Cmd {
     /// The fault drill: every fault mode, recovery; writes target/xtask/fault-drill.md.
     Drill(drill::Args),
     /// Hostile clients and upstream: floods, trickles, odd bodies and answers; writes target/xtask/hostile-drill.md.
-    Hostile(hostile::Args),
+    Hostile,
     /// The load benchmark with wrk; writes target/xtask/bench/results.{json,md} and the chart.
     Bench(bench::Args),
     /// The alerts silent, firing, resolved on real Prometheus and Alertmanager; every dashboard and alert query.
@@ -153,7 +153,7 @@ async fn main() -> std::process::ExitCode {
     shout_proxy::install_tls_provider(); // reqwest is built without a provider of its own
     let result = match Cli::parse().command {
         Cmd::Drill(args) => drill::run(args).await,
-        Cmd::Hostile(args) => hostile::run(args).await,
+        Cmd::Hostile => hostile::run().await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Promcheck(args) => promcheck::run(args).await,
         Cmd::With { no_fake, command } => with(no_fake, &command).await,
