@@ -4,7 +4,9 @@
 //! It reads what the checks need (name, labels, value) and skips comments; a line it cannot
 //! read is an error, so a malformed exposition fails the check instead of reading as zero.
 
-use anyhow::{Context, Result, bail, ensure};
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow, ensure};
 
 /// One sample: name, labels in exposition order, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,17 +46,15 @@ impl Metrics {
         self.sample(name, &[])
     }
 
-    /// `name` summed by the value of `label`, in first-seen order.
+    /// `name` summed by the value of `label`, sorted by value.
     pub fn by_label(&self, name: &str, label: &str) -> Vec<(String, f64)> {
-        let mut out: Vec<(String, f64)> = Vec::new();
+        let mut out = BTreeMap::<String, f64>::new();
         for s in self.0.iter().filter(|s| s.name == name) {
-            let Some((_, v)) = s.labels.iter().find(|(k, _)| k == label) else { continue };
-            match out.iter_mut().find(|(k, _)| k == v) {
-                Some(entry) => entry.1 += s.value,
-                None => out.push((v.clone(), s.value)),
+            if let Some((_, v)) = s.labels.iter().find(|(k, _)| k == label) {
+                *out.entry(v.clone()).or_default() += s.value;
             }
         }
-        out
+        out.into_iter().collect()
     }
 
     /// Whether any sample of `name` exists.
@@ -96,19 +96,13 @@ pub async fn scrape(url: &str) -> Result<Metrics> {
     Metrics::parse(&text)
 }
 
-/// A Prometheus duration (`30s`, `5m`, `1h`, `250ms`) divided by `factor`, at least `min_ms`,
-/// in milliseconds: how the alert and autoscaling checks compress time without editing a rule.
+/// A Prometheus duration (`30s`, `5m`, `1h30m`, `250ms`: promql-parser reads it) divided by
+/// `factor`, at least `min_ms`, in milliseconds: how the alert and autoscaling checks compress
+/// time without editing a rule.
 pub fn scale_duration(d: &str, factor: f64, min_ms: f64) -> Result<String> {
-    let split = d.find(|c: char| !c.is_ascii_digit()).with_context(|| format!("duration {d:?}"))?;
-    let (n, unit) = d.split_at(split);
-    let ms = match unit {
-        "ms" => 1.0,
-        "s" => 1e3,
-        "m" => 60e3,
-        "h" => 3600e3,
-        _ => bail!("duration {d:?}: unit {unit:?} (a subquery's `5m:1m` is not scaled)"),
-    };
-    Ok(format!("{}ms", (n.parse::<f64>()? * ms / factor).max(min_ms).round()))
+    // A subquery's `5m:1m` is no duration, so it is refused rather than scaled.
+    let d = promql_parser::util::parse_duration(d).map_err(|e| anyhow!("duration {d:?}: {e}"))?;
+    Ok(format!("{}ms", (d.as_secs_f64() * 1e3 / factor).max(min_ms).round()))
 }
 
 /// Every `[range]` of a PromQL expression scaled by [`scale_duration`].
@@ -129,13 +123,14 @@ mod tests {
     #[test]
     fn reads_labels_with_escapes_and_sums_a_family() -> Result<()> {
         let m = Metrics::parse(
-            "# HELP x y\nshout_answers_total{source=\"cache\"} 3\nshout_answers_total{source=\"a,\\\"b\\\"\",z=\"1\"} 4\nup 1\nh_bucket{le=\"+Inf\"} 7\n",
+            "# HELP x y\nshout_answers_total{source=\"cache\"} 3\nshout_answers_total{source=\"a,\\\"b\\\"\",z=\"1\"} 4\nup 1\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 7\nh_bucket{le=\"1\",x=\"y\"} 3\n",
         )?;
         assert_eq!(m.sample("shout_answers_total", &[("source", "cache")]), 3.0);
         assert_eq!(m.sample("shout_answers_total", &[("source", "a,\"b\"")]), 4.0);
         assert_eq!(m.sum("shout_answers_total"), 7.0);
         assert_eq!(m.by_label("shout_answers_total", "z"), vec![("1".to_owned(), 4.0)]);
         assert_eq!(m.sample("h_bucket", &[("le", "+Inf")]), 7.0);
+        assert_eq!(m.by_label("h_bucket", "le"), vec![("+Inf".to_owned(), 7.0), ("1".to_owned(), 5.0)]);
         assert_eq!(m.sum("up"), 1.0);
         let escaped = Metrics::parse("x{a=\"p\\\\q\\nr\"} 1 1700000000000\n")?;
         assert_eq!(escaped.0[0].labels, vec![("a".to_owned(), "p\\q\nr".to_owned())]);

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use poem::{EndpointExt, Route, handler, listener::Acceptor as _, post, web::Data, web::Json};
+use poem::{EndpointExt, Route, handler, post, web::Data, web::Json};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr};
 use promql_parser::util::{ExprVisitor, walk_expr};
@@ -81,15 +81,16 @@ fn is_ksm(name: &str) -> bool {
 /// Labels the scrape adds, on every series but not in /metrics.
 const TARGET_LABELS: [&str; 7] = ["job", "instance", "namespace", "pod", "service", "endpoint", "container"];
 
-/// Names a query uses: metric names, selectors' matchers, grouping labels.
-#[derive(Default)]
-struct Names {
+/// What a query uses (metric names, grouping labels), and what its selectors name that the
+/// service's exposition does not have: a label not on one of its metrics, an `=` value never seen.
+struct Names<'a> {
+    exposition: &'a Metrics,
     metrics: BTreeSet<String>,
-    matchers: Vec<(String, String, bool, String)>,
     grouping: BTreeSet<String>,
+    problems: Vec<String>,
 }
 
-impl ExprVisitor for Names {
+impl ExprVisitor for Names<'_> {
     type Error = String;
 
     fn pre_visit(&mut self, e: &Expr) -> Result<bool, String> {
@@ -111,19 +112,48 @@ impl ExprVisitor for Names {
             _ => return Ok(true),
         };
         let name = vs.name.clone().unwrap_or_default();
-        self.metrics.insert(name.clone());
-        for m in &vs.matchers.matchers {
-            self.matchers.push((name.clone(), m.name.clone(), matches!(m.op, MatchOp::Equal), m.value.clone()));
+        let ours = |label: &str| self.exposition.has(&name) && label != "__name__" && !TARGET_LABELS.contains(&label);
+        for m in vs.matchers.matchers.iter().filter(|m| ours(&m.name)) {
+            let seen = self.exposition.by_label(&name, &m.name);
+            if seen.is_empty() {
+                self.problems.push(format!("label {} is not on {name}", m.name));
+            } else if matches!(m.op, MatchOp::Equal) && !seen.iter().any(|(v, _)| *v == m.value) {
+                self.problems.push(format!("{name}{{{}=\"{}\"}} never seen", m.name, m.value));
+            }
         }
+        self.metrics.insert(name);
         Ok(true)
+    }
+}
+
+impl Names<'_> {
+    /// The names `expr` uses and every problem with them, or promql-parser's error.
+    fn of<'a>(exposition: &'a Metrics, expr: &str) -> Result<Names<'a>, String> {
+        let mut n = Names { exposition, metrics: BTreeSet::new(), grouping: BTreeSet::new(), problems: Vec::new() };
+        walk_expr(&mut n, &parser::parse(expr)?)?;
+        n.metrics.remove("");
+        let own: Vec<&String> = n.metrics.iter().filter(|m| exposition.has(m)).collect();
+        if n.metrics.is_empty() {
+            n.problems.push(format!("no metric name in {expr:?}"));
+        }
+        for name in n.metrics.iter().filter(|m| !own.contains(m) && !is_ksm(m) && *m != "up") {
+            n.problems
+                .push(format!("metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"));
+        }
+        // A grouping label is one of the scrape's, a histogram's `le` or on a metric of ours.
+        let series = exposition.0.iter().filter(|s| own.contains(&&s.name));
+        let on_own = series.flat_map(|s| s.labels.iter().map(|(k, _)| k.as_str()));
+        let available: BTreeSet<&str> = TARGET_LABELS.into_iter().chain(["le"]).chain(on_own).collect();
+        for label in n.grouping.iter().filter(|l| !own.is_empty() && !available.contains(l.as_str())) {
+            n.problems.push(format!("grouping label {label} is on none of {own:?}"));
+        }
+        Ok(n)
     }
 }
 
 struct Check {
     /// Prometheus's URL.
     prom: String,
-    /// The service's exposition at the end of the load: what the queries' names must match.
-    exposition: Metrics,
     t: Targets,
 }
 
@@ -141,46 +171,6 @@ impl Check {
         }
         let value = |s: &Value| text(&s["value"][1]).parse().unwrap_or(f64::NAN);
         Ok(Ok(items(&body["data"]["result"]).map(value).collect()))
-    }
-
-    /// Fails on names the service does not export; returns the query's metric names.
-    fn names(&mut self, id: &str, expr: &str) -> BTreeSet<String> {
-        let mut n = Names::default();
-        if let Err(e) = parser::parse(expr).map(|ast| walk_expr(&mut n, &ast)) {
-            self.fail(format!("{id}: promql-parser rejects {expr:?}: {e}"));
-            return BTreeSet::new();
-        }
-        n.metrics.remove("");
-        let own: Vec<&String> = n.metrics.iter().filter(|m| self.exposition.has(m)).collect();
-        let mut problems = Vec::new();
-        if n.metrics.is_empty() {
-            problems.push(format!("no metric name in {expr:?}"));
-        }
-        for name in n.metrics.iter().filter(|m| !own.contains(m) && !is_ksm(m) && *m != "up") {
-            problems.push(format!("metric {name} is not exported by the service (nor kube-state-metrics/Prometheus)"));
-        }
-        for (metric, label, equal, value) in &n.matchers {
-            if !self.exposition.has(metric) || TARGET_LABELS.contains(&label.as_str()) || label == "__name__" {
-                continue;
-            }
-            let seen = self.exposition.by_label(metric, label);
-            if seen.is_empty() {
-                problems.push(format!("label {label} is not on {metric}"));
-            } else if *equal && !seen.iter().any(|(v, _)| v == value) {
-                problems.push(format!("{metric}{{{label}=\"{value}\"}} never seen"));
-            }
-        }
-        // A grouping label is one of the scrape's, a histogram's `le` or on a metric of ours.
-        let series = self.exposition.0.iter().filter(|s| own.contains(&&s.name));
-        let on_own = series.flat_map(|s| s.labels.iter().map(|(k, _)| k.as_str()));
-        let available: BTreeSet<&str> = TARGET_LABELS.into_iter().chain(["le"]).chain(on_own).collect();
-        for label in n.grouping.iter().filter(|l| !own.is_empty() && !available.contains(l.as_str())) {
-            problems.push(format!("grouping label {label} is on none of {own:?}"));
-        }
-        for problem in problems {
-            self.fail(format!("{id}: {problem}"));
-        }
-        n.metrics
     }
 }
 
@@ -339,12 +329,9 @@ async fn alert_phases(c: &mut Check, proxy: &Proxy, fake: &Fake, got: &Delivered
     }
     let all = delivered(got, None);
     c.t.check(format!("alerts: nothing but {EXPECTED:?} delivered"), all == expected, format!("{all:?}"));
-    let wrong = if load.is_finished() {
-        Some(load.await?)
-    } else {
-        load.abort();
-        None
-    };
+    // Still running means no wrong answer; finished, it returns the request that got one.
+    load.abort();
+    let wrong = load.await.ok();
     c.t.check("alerts: every answer is the transform", wrong.is_none(), format!("wrong answer: request {wrong:?}"));
     Ok(())
 }
@@ -354,22 +341,18 @@ async fn alert_phases(c: &mut Check, proxy: &Proxy, fake: &Fake, got: &Delivered
 /// codes are judged on the service's own counts, through Prometheus ([`SCENARIO`]).
 async fn load(url: &str, secs: u64) -> Result<()> {
     let until = Instant::now() + Duration::from_secs(secs);
-    let (shouter, http) = (Shouter::new(url)?, reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?);
-    let client = |id: usize| {
-        let (shouter, http) = (shouter.clone(), http.clone());
-        async move {
-            let mut i = 0;
-            while Instant::now() < until {
-                i += 1;
-                shouter.shout(i, &format!("load {id} {i}")).await;
-                shouter.shout(i, &format!("hello cache {}", i % 7)).await;
-                if i.is_multiple_of(5) {
-                    let json =
-                        |body| http.post(format!("{url}/v1")).header("content-type", "application/json").body(body);
-                    let odd = [json(r#"{"data": "#), json(r#"{"other": "x"}"#), http.get(format!("{url}/no/such"))];
-                    for request in odd.into_iter().chain([http.get(format!("{url}/health"))]) {
-                        let _ = request.send().await; // judged on the service's own counts
-                    }
+    let (shouter, http) = (&Shouter::new(url)?, &reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?);
+    let client = |id: usize| async move {
+        let mut i = 0;
+        while Instant::now() < until {
+            i += 1;
+            shouter.shout(i, &format!("load {id} {i}")).await;
+            shouter.shout(i, &format!("hello cache {}", i % 7)).await;
+            if i.is_multiple_of(5) {
+                let json = |body| http.post(format!("{url}/v1")).header("content-type", "application/json").body(body);
+                let odd = [json(r#"{"data": "#), json(r#"{"other": "x"}"#), http.get(format!("{url}/no/such"))];
+                for request in odd.into_iter().chain([http.get(format!("{url}/health"))]) {
+                    let _ = request.send().await; // judged on the service's own counts
                 }
             }
         }
@@ -409,7 +392,8 @@ async fn load_phases(proxy: &Proxy, fake: &Fake) -> Result<()> {
 /// Part 3: the exposition, the dashboard, the runbook and every query.
 async fn query_checks(c: &mut Check, proxy: &Proxy) -> Result<()> {
     let exposed = reqwest::get(format!("{}/metrics", proxy.admin)).await?.text().await?;
-    c.exposition = Metrics::parse(&exposed)?;
+    // What the queries' names must match: the service's exposition at the end of the load.
+    let exposition = Metrics::parse(&exposed)?;
     for q in SCENARIO.split_whitespace().map(|s| format!("sum({s})")) {
         let v = c.query(&q).await?.ok().and_then(|values| values.first().copied()).unwrap_or(0.0);
         c.t.check(format!("the run produced {q}"), v > 0.0, v.to_string());
@@ -427,50 +411,25 @@ async fn query_checks(c: &mut Check, proxy: &Proxy) -> Result<()> {
     let panels = walk_panels(&dash);
     check_dashboard(&dash, &panels, c);
     let anchors = check_runbook(&runbook, &panels, &proxy.status().await?, c);
-    let vars = [("$__rate_interval", "1m"), ("$namespace", "shout-ci"), ("$pod", "shout-proxy-ci-0")];
-    let substitute = |e: &str| vars.iter().fold(e.to_owned(), |e, (var, value)| e.replace(var, value));
-    let mut used = BTreeSet::new();
+    // Every query with the names it uses: the dashboard's variables and panels, then the rules.
+    let mut queries = Vec::new();
     for v in items(&dash["templating"]["list"]).filter(|v| v["type"] == "query") {
         let id = format!("var:{}", text(&v["name"]));
         let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or("");
-        let Some((expr, label)) =
-            q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).and_then(|r| r.rsplit_once(','))
-        else {
-            c.fail(format!("{id}: not a label_values(expr, label) query: {q:?}"));
-            continue;
-        };
-        let (expr, label) = (substitute(expr), label.trim());
-        used.extend(c.names(&id, &expr));
-        let values = c.query(&format!("count by ({label}) ({expr})")).await?.map(|v| v.len());
-        c.t.check(format!("{id}: {label} has values"), values.as_ref().is_ok_and(|n| *n > 0), format!("{values:?}"));
+        match q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).and_then(|r| r.rsplit_once(','))
+        {
+            Some((expr, label)) => queries.push((id, format!("count by ({}) ({expr})", label.trim()), true)),
+            None => c.fail(format!("{id}: not a label_values(expr, label) query: {q:?}")),
+        }
     }
     for (_, p) in &panels {
         for t in items(&p["targets"]).filter(|t| t["expr"].is_string()) {
             let id = format!("panel{}/{} ({})", p["id"], text(&t["refId"]), text(&p["title"]));
-            let expr = substitute(text(&t["expr"]));
-            let names = c.names(&id, &expr);
-            // No kube-state-metrics runs here: a query made only of its series may be empty.
-            let ksm_only = !names.is_empty() && names.iter().all(|n| is_ksm(n));
-            used.extend(names);
-            let series = c.query(&expr).await?.map(|v| v.len());
-            let ok = series.as_ref().is_ok_and(|n| *n > 0 || ksm_only);
-            let target = if ksm_only { "parses (kube-state-metrics only)" } else { "returns data" };
-            c.t.check(format!("{id}: {target}"), ok, format!("{series:?} for {expr:?}"));
+            queries.push((id, text(&t["expr"]).to_owned(), true));
         }
     }
-    // Every family the service exports (its `# TYPE` lines; a histogram's series fold into it)
-    // is shown by a dashboard query, but the named unshown ones.
-    let families = exposed.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next());
-    let shows = |family: &str, name: &str| {
-        name.strip_prefix(family).is_some_and(|suffix| ["", "_bucket", "_count", "_sum"].contains(&suffix))
-    };
-    let unshown: BTreeSet<&str> = families.filter(|f| !used.iter().any(|u| shows(f, u))).collect();
-    let ok = unshown == BTreeSet::from(UNSHOWN);
-    c.t.check(format!("every exported family is shown by the dashboard but {UNSHOWN:?}"), ok, format!("{unshown:?}"));
-    let expected = std::fs::read_to_string(root().join("prometheus/alerts.yaml"))?
-        .lines()
-        .filter(|l| l.trim_start().starts_with("- alert:"))
-        .count();
+    let rules_file = std::fs::read_to_string(root().join("prometheus/alerts.yaml"))?;
+    let expected = rules_file.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
     let loaded: Value = reqwest::get(format!("{}/api/v1/rules", c.prom)).await?.json().await?;
     let rules: Vec<&Value> =
         items(&loaded["data"]["groups"]).flat_map(|g| items(&g["rules"])).filter(|r| r["type"] == "alerting").collect();
@@ -489,11 +448,41 @@ async fn query_checks(c: &mut Check, proxy: &Proxy) -> Result<()> {
         let seen = format!("health {}, runbook_url {url:?}, state {}", r["health"], r["state"]);
         // The runbook link names a heading of docs/runbook.md; severity is critical or warning.
         c.t.check(format!("{id}: healthy, runbook, summary, description, severity"), ok, seen);
-        let query = text(&r["query"]);
-        c.names(&id, query);
-        let series = c.query(query).await?.map(|v| v.len());
-        c.t.check(format!("{id}: parses"), series.is_ok(), format!("{series:?}"));
+        queries.push((id, text(&r["query"]).to_owned(), false));
     }
+    // A dashboard query returns data, but one made only of kube-state-metrics series (none runs
+    // here); an alert's may be empty (nothing firing) but parses.
+    let vars = [("$__rate_interval", "1m"), ("$namespace", "shout-ci"), ("$pod", "shout-proxy-ci-0")];
+    let mut used = BTreeSet::new();
+    for (id, expr, on_dashboard) in queries {
+        let expr = vars.iter().fold(expr, |e, (var, value)| e.replace(var, value));
+        let (names, problems) = match Names::of(&exposition, &expr) {
+            Ok(n) => (n.metrics, n.problems),
+            Err(e) => (BTreeSet::new(), vec![format!("promql-parser rejects {expr:?}: {e}")]),
+        };
+        for problem in problems {
+            c.fail(format!("{id}: {problem}"));
+        }
+        let ksm_only = !names.is_empty() && names.iter().all(|n| is_ksm(n));
+        let series = c.query(&expr).await?.map(|v| v.len());
+        let must_return = on_dashboard && !ksm_only;
+        let ok = series.as_ref().is_ok_and(|n| *n > 0 || !must_return);
+        let target = if must_return { "returns data" } else { "parses" };
+        let only = if ksm_only { " (kube-state-metrics only)" } else { "" };
+        c.t.check(format!("{id}: {target}{only}"), ok, format!("{series:?} for {expr:?}"));
+        if on_dashboard {
+            used.extend(names);
+        }
+    }
+    // Every family the service exports (its `# TYPE` lines; a histogram's series fold into it)
+    // is shown by a dashboard query, but the named unshown ones.
+    let families = exposed.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next());
+    let shows = |family: &str, name: &str| {
+        name.strip_prefix(family).is_some_and(|suffix| ["", "_bucket", "_count", "_sum"].contains(&suffix))
+    };
+    let unshown: BTreeSet<&str> = families.filter(|f| !used.iter().any(|u| shows(f, u))).collect();
+    let ok = unshown == BTreeSet::from(UNSHOWN);
+    c.t.check(format!("every exported family is shown by the dashboard but {UNSHOWN:?}"), ok, format!("{unshown:?}"));
     Ok(())
 }
 
@@ -504,13 +493,9 @@ pub async fn run(_: Args) -> Result<()> {
     let _ = ["promcheck-prometheus", "promcheck-alertmanager"]
         .map(|d| out_dir(d).map(|d| std::fs::remove_dir_all(d.join("data"))));
     std::fs::write(out_dir("promcheck-prometheus")?.join("rules.yaml"), scaled_rules()?)?;
-    let acceptor = poem::listener::TcpAcceptor::from_tokio(tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
-    let hook = acceptor.local_addr()[0].as_socket_addr().copied().context("webhook address")?;
-    tokio::spawn(
-        poem::Server::new_with_acceptor(acceptor).run(Route::new().at("/alerts", post(webhook)).data(got.clone())),
-    );
-    let am = std::fs::read_to_string(root().join("prometheus/alertmanager-check.yml"))?;
-    let am = am.replace("@WEBHOOK@", &hook.to_string());
+    let app = Route::new().at("/alerts", post(webhook)).data(got.clone());
+    let (hook, _hook_stop) = crate::fake::serve("127.0.0.1:0", app).await?;
+    let am = std::fs::read_to_string(root().join("prometheus/alertmanager-check.yml"))?.replace("@WEBHOOK@", &hook);
     let flags = "--config.file=@DIR@/config --storage.path=@DIR@/data --cluster.listen-address= --log.level=warn";
     let flags: Vec<&str> = flags.split(' ').chain(["--web.listen-address=127.0.0.1:@PORT@"]).collect();
     let am = External::start("promcheck-alertmanager", "prometheus-alertmanager", &flags, &am, Some("/-/ready"), None)
@@ -523,7 +508,7 @@ pub async fn run(_: Args) -> Result<()> {
         .replace("@ADMIN_TARGET@", proxy.admin.trim_start_matches("http://"))
         .replace("@ALERTMANAGER@", &format!("127.0.0.1:{}", am.port));
     let prometheus = External::prometheus("promcheck-prometheus", &config, &["--rules.alert.resend-delay=1s"]).await?;
-    let mut c = Check { prom: prometheus.url(), exposition: Metrics::default(), t: Targets::new("promcheck") };
+    let mut c = Check { prom: prometheus.url(), t: Targets::new("promcheck") };
     alert_phases(&mut c, &proxy, &fake, &got).await?;
     load_phases(&proxy, &fake).await?;
     query_checks(&mut c, &proxy).await?;
@@ -540,12 +525,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_come_from_the_parsed_query_not_from_its_text() -> Result<(), String> {
-        let mut n = Names::default();
-        walk_expr(&mut n, &parser::parse(r#"sum by (pod) (rate(a_total{x="1"}[1m])) / on (pod) b or vector(0)"#)?)?;
-        assert_eq!(n.metrics, BTreeSet::from(["a_total".to_owned(), "b".to_owned()]));
+    fn names_come_from_the_parsed_query_not_from_its_text() -> Result<()> {
+        let exposition = Metrics::parse("a_total{x=\"1\",pod=\"p\"} 1\nb 2\n")?;
+        let query = r#"sum by (pod) (rate(a_total{x="2"}[1m])) / on (pod) b or c_total or vector(0)"#;
+        let n = Names::of(&exposition, query).map_err(anyhow::Error::msg)?;
+        assert_eq!(n.metrics, BTreeSet::from(["a_total", "b", "c_total"].map(String::from)));
         assert_eq!(n.grouping, BTreeSet::from(["pod".to_owned()]));
-        assert_eq!(n.matchers, vec![("a_total".into(), "x".into(), true, "1".into())]);
+        let c_total = "metric c_total is not exported by the service (nor kube-state-metrics/Prometheus)";
+        assert_eq!(n.problems, ["a_total{x=\"2\"} never seen", c_total]);
         Ok(())
     }
 }
