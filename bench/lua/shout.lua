@@ -14,9 +14,9 @@ if mode == "unique" then
 end
 -- errors: non-2xx answers plus socket errors (connect, read, write, timeout).
 function done(summary, latency, requests)
-   local e, p = summary.errors, function(q) return latency:percentile(q) end
+   local e, ms = summary.errors, function(q) return latency:percentile(q) / 1e3 end
    io.write(string.format(
-      'BENCH_JSON {"rps":%f,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"p99_9_us":%d}\n',
+      'BENCH_JSON {"rps":%f,"duration_us":%d,"errors":%d,"p50_ms":%.3f,"p99_ms":%.3f,"p99_9_ms":%.3f}\n',
       summary.requests / math.max(summary.duration, 1) * 1e6, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-      p(50), p(99), p(99.9)))
+      ms(50), ms(99), ms(99.9)))
 end

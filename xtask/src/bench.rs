@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::chart::{Bar, bars};
 use crate::client::{Shouter, expected};
 use crate::fake::{Fake, serve};
-use crate::load::Wrk;
+use crate::load::{Summary, Wrk};
 use crate::proc::{External, Proxy, cpu_seconds, out_dir, root, rss_mib};
 use crate::{Targets, table};
 
@@ -34,9 +34,6 @@ pub struct Args {
     /// Interleaved rounds (default 2, quick 1).
     #[arg(long, env = "BENCH_ROUNDS")]
     rounds: Option<usize>,
-    /// wrk connections.
-    #[arg(long, env = "BENCH_CONNECTIONS", default_value_t = 32)]
-    connections: u32,
     /// Unique inputs of the memory run (default 1,000,000, quick 100,000; 0 skips it).
     #[arg(long, env = "BENCH_MEMORY_INPUTS")]
     memory_inputs: Option<u64>,
@@ -67,6 +64,8 @@ const SCENARIOS: [(&str, &[&str], &[&str]); 9] = [
     ("slow-flaky", &["--latency-ms", "50", "--failure-rate", "0.3"], &[]),
 ];
 const P99_GOAL_MS: f64 = 5.0;
+/// wrk's connections, as the performance issue's reference (`wrk -t1 -c32`) and its targets have them.
+const CONNECTIONS: u32 = 32;
 
 #[poem::handler]
 fn reference(poem::web::Json(body): poem::web::Json<Value>) -> poem::web::Json<Value> {
@@ -78,35 +77,29 @@ fn reference(poem::web::Json(body): poem::web::Json<Value>) -> poem::web::Json<V
 struct Measure {
     scenario: String,
     connections: u32,
-    rps: f64,
+    /// wrk's numbers; its errors (non-2xx and socket errors) plus the proxy's own non-2xx.
+    #[serde(flatten)]
+    wrk: Summary,
     rounds: Vec<f64>,
-    p50_ms: f64,
-    p99_ms: f64,
-    p99_9_ms: f64,
-    /// wrk's non-2xx and socket errors, plus the proxy's own non-2xx.
-    errors: u64,
     /// Answers by source (fallbacks by reason), from the proxy's counters.
     sources: String,
     cpu_cores: f64,
     peak_rss_mib: f64,
 }
 
+/// The scenarios whose shout-proxy is configured with a redis-server.
+const REDIS: [&str; 2] = ["cache-hit-redis", "shared-hit"];
 /// The paths of the one-pod concurrency sweep.
 const SWEPT: [&str; 3] = ["cache-hit", "miss", "breaker-open"];
 
 /// The servers of one scenario, and where wrk sends.
-#[derive(Default)]
 struct Stack {
-    /// Stops the in-process reference handler when dropped.
-    bare: Option<tokio::sync::oneshot::Sender<()>>,
-    proxy: Option<Proxy>,
-    fake: Option<Fake>,
-    redis: Option<External>,
-    /// The process under test: the proxy's, else the harness's own.
-    pid: u32,
+    kind: &'static str,
     url: String,
-    inputs: &'static str,
-    field: &'static str,
+    proxy: Option<Proxy>,
+    /// What else the scenario serves (the fake, Redis, the reference handler's stop signal): held
+    /// only to be dropped, which stops them, with the stack.
+    _servers: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
@@ -119,24 +112,18 @@ async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
 
 impl Stack {
     /// `kind`'s stack: the fake with start-up `knobs`, shout-proxy with `extra` flags (as needed).
-    async fn start(kind: &str, knobs: &[&str], extra: &[&str], run: &str, cpus: Option<&str>) -> Result<Stack> {
+    async fn start(kind: &'static str, knobs: &[&str], extra: &[&str], run: &str, cpus: Option<&str>) -> Result<Stack> {
         let tag = format!("bench-{kind}");
-        let inputs = if kind.ends_with("same") || kind.contains("hit") { "same" } else { "unique" };
-        let mut stack = Stack { inputs, field: "data", pid: std::process::id(), ..Default::default() };
         if kind.starts_with("bare") {
             let (base, stop) = serve("127.0.0.1:0", poem::Route::new().at("/", poem::post(reference))).await?;
-            (stack.url, stack.bare) = (format!("{base}/"), Some(stop));
-            return Ok(stack);
+            return Ok(Stack { kind, url: format!("{base}/"), proxy: None, _servers: vec![Box::new(stop)] });
         }
         let fake = Fake::start(&format!("{tag}-fake"), knobs).await?;
         if kind == "upstream-direct" {
-            (stack.url, stack.field, stack.fake) = (fake.shout_url(), "INPUT", Some(fake));
-            return Ok(stack);
+            return Ok(Stack { kind, url: fake.shout_url(), proxy: None, _servers: vec![Box::new(fake)] });
         }
-        if kind == "cache-hit-redis" || kind == "shared-hit" {
-            stack.redis = Some(External::redis(&format!("{tag}-redis")).await?);
-        }
-        let redis_url = stack.redis.as_ref().map(External::url);
+        let redis = if REDIS.contains(&kind) { Some(External::redis(&format!("{tag}-redis")).await?) } else { None };
+        let redis_url = redis.as_ref().map(External::url);
         let mut flags: Vec<&str> = redis_url.iter().flat_map(|url| ["--redis-url", url.as_str()]).collect();
         flags.extend(extra.iter().chain(&["--log-format", "json"]));
         let proxy = Proxy::start_on(&tag, &fake.shout_url(), &flags, cpus).await?;
@@ -154,34 +141,27 @@ impl Stack {
             }
             _ => {}
         }
-        stack.pid = proxy.proc.pid();
-        (stack.url, stack.proxy, stack.fake) = (format!("{}/", proxy.url), Some(proxy), Some(fake));
-        Ok(stack)
+        let url = format!("{}/", proxy.url);
+        Ok(Stack { kind, url, proxy: Some(proxy), _servers: vec![Box::new(fake), Box::new(redis)] })
     }
 
-    /// wrk against this stack, with its inputs and JSON field.
+    /// wrk against this stack: one fixed input on the hit paths, the fake's JSON field when it is the target.
     fn wrk<'a>(&'a self, run: &'a str, connections: u32, secs: f64) -> Wrk<'a> {
-        let (duration, inputs, field) = (Duration::from_secs_f64(secs), self.inputs, self.field);
-        Wrk { url: &self.url, duration, connections, inputs, field, run }
+        let inputs = if self.kind.ends_with("same") || self.kind.contains("hit") { "same" } else { "unique" };
+        let field = if self.kind == "upstream-direct" { "INPUT" } else { "data" };
+        Wrk { url: &self.url, duration: Duration::from_secs_f64(secs), connections, inputs, field, run }
     }
 
-    async fn measure(&self, kind: &str, run: &str, connections: u32, secs: f64) -> Result<Measure> {
+    async fn measure(&self, run: &str, connections: u32, secs: f64) -> Result<Measure> {
+        let kind = self.kind;
         let before = if let Some(p) = &self.proxy { p.metrics().await? } else { Default::default() };
-        let cpu = cpu_seconds(self.pid);
-        let s = self.wrk(run, connections, secs).run().await?;
-        let cpu_cores = (cpu_seconds(self.pid) - cpu) / (s.duration_us as f64 / 1e6);
-        let mut m = Measure {
-            scenario: kind.into(),
-            connections,
-            rps: s.rps,
-            p50_ms: s.p50_us / 1e3,
-            p99_ms: s.p99_us / 1e3,
-            p99_9_ms: s.p99_9_us / 1e3,
-            errors: s.errors,
-            cpu_cores,
-            peak_rss_mib: rss_mib(self.pid).1,
-            ..Default::default()
-        };
+        // The process under test: the proxy's, else the harness's own.
+        let pid = self.proxy.as_ref().map_or(std::process::id(), |p| p.proc.pid());
+        let cpu = cpu_seconds(pid);
+        let wrk = self.wrk(run, connections, secs).run().await?;
+        let cpu_cores = (cpu_seconds(pid) - cpu) / (wrk.duration_us as f64 / 1e6);
+        let peak_rss_mib = rss_mib(pid).1;
+        let mut m = Measure { scenario: kind.into(), connections, wrk, cpu_cores, peak_rss_mib, ..Default::default() };
         if let Some(proxy) = &self.proxy {
             let after = proxy.metrics().await?;
             // What grew during the run, by the value of `label`.
@@ -192,13 +172,14 @@ impl Stack {
             };
             let list = |counts: Vec<(String, f64)>| counts.iter().map(|(v, n)| format!("{v} {n}")).collect::<Vec<_>>();
             let statuses = grown("http_server_request_duration_seconds_count", "http_response_status_code");
-            m.errors += statuses.iter().filter(|(code, _)| !code.starts_with('2')).map(|(_, n)| *n as u64).sum::<u64>();
+            m.wrk.errors +=
+                statuses.iter().filter(|(code, _)| !code.starts_with('2')).map(|(_, n)| *n as u64).sum::<u64>();
             m.sources = list(grown("shout_answers_total", "source")).join(", ");
             let reasons = list(grown("shout_fallbacks_total", "reason")).join(", ");
             if !reasons.is_empty() {
                 m.sources += &format!(" ({reasons})");
             }
-            if self.redis.is_some() {
+            if REDIS.contains(&kind) {
                 let redis = list(grown("shout_shared_cache_requests_total", "result")).join(", ");
                 m.sources += &format!("; Redis: {}", if redis.is_empty() { "untouched" } else { &redis });
             }
@@ -209,17 +190,17 @@ impl Stack {
         }
         eprintln!(
             "[bench] {kind:<16} c{connections:<3} {:>9.0} req/s p99 {:.2} ms errors {} peak {:.1} MiB cpu {cpu_cores:.2}",
-            m.rps, m.p99_ms, m.errors, m.peak_rss_mib
+            m.wrk.rps, m.wrk.p99_ms, m.wrk.errors, m.peak_rss_mib
         );
         Ok(m)
     }
 }
 
 /// RSS after `inputs` unique misses through the bounded cache (64 MiB), against bound + 50 MiB.
-async fn memory_run(inputs: u64, connections: u32) -> Result<Value> {
+async fn memory_run(inputs: u64) -> Result<Value> {
     let stack = Stack::start("memory", &[], &["--cache-max-bytes", "67108864"], "mem", None).await?;
     let proxy = stack.proxy.as_ref().context("the memory run's shout-proxy")?;
-    let (started, wrk) = (std::time::Instant::now(), stack.wrk("mem", connections, (inputs / 300 + 60) as f64));
+    let (started, wrk) = (std::time::Instant::now(), stack.wrk("mem", CONNECTIONS, (inputs / 300 + 60) as f64));
     let child = wrk.spawn()?;
     let misses = |m: &crate::prom::Metrics| {
         m.sum("shout_answers_total") - m.sample("shout_answers_total", &[("source", "cache")])
@@ -253,14 +234,13 @@ pub async fn run(args: Args) -> Result<()> {
             let run = format!("r{round}{id}");
             let stack = Stack::start(kind, knobs, extra, &run, None).await?;
             // Warm-up on other unique inputs than the measured ones.
-            stack.wrk(&format!("{run}w"), args.connections, secs / 4.0).run().await?;
-            runs.push(stack.measure(kind, &run, args.connections, secs).await?);
+            stack.wrk(&format!("{run}w"), CONNECTIONS, secs / 4.0).run().await?;
+            runs.push(stack.measure(&run, CONNECTIONS, secs).await?);
         }
     }
     let best = best_rounds(&runs);
     let full = args.only.is_empty();
-    let memory =
-        if memory_inputs > 0 && full { Some(memory_run(memory_inputs, args.connections).await?) } else { None };
+    let memory = if memory_inputs > 0 && full { Some(memory_run(memory_inputs).await?) } else { None };
     let mut sweep = Vec::new();
     if full && !args.quick {
         // One pod's worth: shout-proxy pinned to CPU 1; the harness (so the fake) and wrk, its
@@ -273,15 +253,15 @@ pub async fn run(args: Args) -> Result<()> {
         for (kind, knobs, extra) in SCENARIOS.iter().filter(|s| SWEPT.contains(&s.0)) {
             let stack = Stack::start(kind, knobs, extra, &format!("s{id}"), Some("1")).await?;
             for c in [1, 2, 4, 8, 16, 32] {
-                sweep.push(stack.measure(kind, &format!("s{id}c{c}"), c, secs / 2.0).await?);
+                sweep.push(stack.measure(&format!("s{id}c{c}"), c, secs / 2.0).await?);
             }
         }
     }
     let dir = out_dir("bench")?;
     let results = json!({"scenarios": best, "sweep": sweep, "memory": memory});
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
-    let chart: Vec<Bar> = best.iter().map(|b| Bar { label: b.scenario.clone(), value: b.rps }).collect();
-    let title = format!("requests/s, wrk -t1 -c{}, best of {rounds}", args.connections);
+    let chart: Vec<Bar> = best.iter().map(|b| Bar { label: b.scenario.clone(), value: b.wrk.rps }).collect();
+    let title = format!("requests/s, wrk -t1 -c{CONNECTIONS}, best of {rounds}");
     bars(&dir.join("benchmark.svg"), &title, "requests per second", &chart)?;
     let targets = judge(&best, memory.as_ref());
     let report = targets.report(tables(&args, secs, rounds, &best, &sweep).trim_end(), "bench/results.md")?;
@@ -296,10 +276,11 @@ fn best_rounds(runs: &[Measure]) -> Vec<Measure> {
     let mut best = Vec::new();
     for (kind, ..) in SCENARIOS {
         let of: Vec<&Measure> = runs.iter().filter(|m| m.scenario == kind).collect();
-        if let Some(top) = of.iter().max_by(|a, b| a.rps.total_cmp(&b.rps)) {
+        if let Some(top) = of.iter().max_by(|a, b| a.wrk.rps.total_cmp(&b.wrk.rps)) {
+            let errors = of.iter().map(|m| m.wrk.errors).sum();
             best.push(Measure {
-                rounds: of.iter().map(|m| m.rps).collect(),
-                errors: of.iter().map(|m| m.errors).sum(),
+                wrk: Summary { errors, ..top.wrk.clone() },
+                rounds: of.iter().map(|m| m.wrk.rps).collect(),
                 peak_rss_mib: of.iter().map(|m| m.peak_rss_mib).fold(0.0, f64::max),
                 ..(*top).clone()
             });
@@ -319,18 +300,23 @@ fn judge(best: &[Measure], memory: Option<&Value>) -> Targets {
         ("cache-hit-redis", "cache-hit", 0.9),
     ] {
         if let (Some(x), Some(y)) = (get(a), get(b)) {
-            targets.check(format!("{a} >= {min}x {b}"), x.rps / y.rps >= min, format!("{:.2}x", x.rps / y.rps));
+            targets.check(
+                format!("{a} >= {min}x {b}"),
+                x.wrk.rps / y.wrk.rps >= min,
+                format!("{:.2}x", x.wrk.rps / y.wrk.rps),
+            );
         }
     }
     if let Some(b) = get("cache-hit-redis") {
         let untouched = b.sources.contains("Redis: untouched");
         targets.check("an L1 hit never touches Redis (cache-hit-redis)", untouched, &b.sources);
     }
-    let errors = best.iter().map(|b| b.errors).sum::<u64>() + memory.map_or(0, |m| m["errors"].as_u64().unwrap_or(0));
+    let errors =
+        best.iter().map(|b| b.wrk.errors).sum::<u64>() + memory.map_or(0, |m| m["errors"].as_u64().unwrap_or(0));
     targets.check("zero non-2xx (and socket errors) everywhere", errors == 0, errors.to_string());
     for b in best.iter().filter(|b| ["cache-hit", "breaker-open"].contains(&b.scenario.as_str())) {
         let target = format!("p99 < {P99_GOAL_MS} ms at {} connections: {}", b.connections, b.scenario);
-        targets.check(target, b.p99_ms < P99_GOAL_MS, format!("{:.2} ms", b.p99_ms));
+        targets.check(target, b.wrk.p99_ms < P99_GOAL_MS, format!("{:.2} ms", b.wrk.p99_ms));
     }
     let proxied = best.iter().filter(|b| !b.scenario.starts_with("bare") && b.scenario != "upstream-direct");
     let peak = proxied.map(|b| b.peak_rss_mib).fold(0.0, f64::max);
@@ -348,18 +334,17 @@ fn judge(best: &[Measure], memory: Option<&Value>) -> Targets {
 
 /// The results' tables: every scenario's best round, then the sweep and the HPA target it gives.
 fn tables(args: &Args, secs: f64, rounds: usize, best: &[Measure], sweep: &[Measure]) -> String {
+    let (quick, machine) = (if args.quick { " --quick" } else { "" }, machine());
     let mut out = format!(
-        "`cargo xtask bench{}`: wrk -t1 -c{}, {secs} s per run, best of {rounds} interleaved round(s); {} after.\n\n",
-        if args.quick { " --quick" } else { "" },
-        args.connections,
-        machine()
+        "`cargo xtask bench{quick}`: wrk -t1 -c{CONNECTIONS}, {secs} s per run, best of {rounds} interleaved round(s); {machine} after.\n\n"
     );
     let mut rows = Vec::new();
     for b in best {
         let rounds = b.rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / ");
-        let head = format!("{}|{:.0}|{rounds}|{:.2}|{:.2}|{:.2}", b.scenario, b.rps, b.p50_ms, b.p99_ms, b.p99_9_ms);
-        let per_core = b.rps / b.cpu_cores.max(1e-9);
-        rows.push(format!("{head}|{}|{}|{:.2}|{per_core:.0}|{:.1}", b.errors, b.sources, b.cpu_cores, b.peak_rss_mib));
+        let Summary { rps, p50_ms, p99_ms, p99_9_ms, errors, .. } = b.wrk;
+        let (scenario, per_core) = (&b.scenario, rps / b.cpu_cores.max(1e-9));
+        let head = format!("{scenario}|{rps:.0}|{rounds}|{p50_ms:.2}|{p99_ms:.2}|{p99_9_ms:.2}|{errors}");
+        rows.push(format!("{head}|{}|{:.2}|{per_core:.0}|{:.1}", b.sources, b.cpu_cores, b.peak_rss_mib));
     }
     let header = "scenario|req/s (best)|all rounds|p50 ms|p99 ms|p99.9 ms|errors|answers by source (fallbacks by reason)|server CPU cores|req/s per core|peak RSS MiB";
     out += &table(header, &rows);
@@ -367,22 +352,21 @@ fn tables(args: &Args, secs: f64, rounds: usize, best: &[Measure], sweep: &[Meas
         return out;
     }
     out += "\nOne pod's worth (shout-proxy pinned to one CPU, wrk and the fake on the other): req/s / p99 ms / shout-proxy CPU by connections:\n\n";
-    let mut binding: Option<(&str, f64)> = None;
-    let mut rows = Vec::new();
+    let (mut sustained, mut rows): (Vec<&Measure>, _) = (Vec::new(), Vec::new());
     for kind in SWEPT {
         let points: Vec<&Measure> = sweep.iter().filter(|p| p.scenario == kind).collect();
-        let within = |p: &&&Measure| p.p99_ms < P99_GOAL_MS && p.errors == 0;
-        let top = points.iter().filter(within).max_by(|a, b| a.rps.total_cmp(&b.rps));
-        if let Some(p) = top.filter(|p| binding.is_none_or(|(_, r)| p.rps < r)) {
-            binding = Some((kind, p.rps));
-        }
+        let within = |p: &&&Measure| p.wrk.p99_ms < P99_GOAL_MS && p.wrk.errors == 0;
+        let top = points.iter().filter(within).max_by(|a, b| a.wrk.rps.total_cmp(&b.wrk.rps));
+        sustained.extend(top.copied());
         let cells: Vec<String> =
-            points.iter().map(|p| format!("{:.0} / {:.1} / {:.2}", p.rps, p.p99_ms, p.cpu_cores)).collect();
-        let top = top.map_or("-".into(), |p| format!("{:.0} req/s (c={})", p.rps, p.connections));
+            points.iter().map(|p| format!("{:.0} / {:.1} / {:.2}", p.wrk.rps, p.wrk.p99_ms, p.cpu_cores)).collect();
+        let top = top.map_or("-".into(), |p| format!("{:.0} req/s (c={})", p.wrk.rps, p.connections));
         rows.push(format!("{kind}|{}|{top}", cells.join("|")));
     }
     out += &table("path|c=1|c=2|c=4|c=8|c=16|c=32|sustained with p99 < 5 ms", &rows);
-    if let Some((kind, rps)) = binding {
+    // The binding path is the one that sustains the least.
+    if let Some(binding) = sustained.iter().min_by(|a, b| a.wrk.rps.total_cmp(&b.wrk.rps)) {
+        let (kind, rps) = (&binding.scenario, binding.wrk.rps);
         out += &format!(
             "\nHPA target: binding path `{kind}`, {rps:.0} req/s per pod within p99 < {P99_GOAL_MS} ms, x 0.6 headroom = **{:.0} req/s per pod**.\n",
             (rps * 0.6 / 50.0).floor() * 50.0

@@ -205,11 +205,9 @@ async fn show(state: Data<&Arc<State>>) -> Json<Value> {
 }
 
 #[handler]
-async fn control(state: Data<&Arc<State>>, knobs: Json<Value>) -> Response {
-    match state.set(knobs.0).await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    }
+async fn control(state: Data<&Arc<State>>, knobs: Json<Value>) -> poem::Result<Json<Value>> {
+    let report = state.set(knobs.0).await.map_err(|e| poem::Error::from_string(e.to_string(), StatusCode::BAD_REQUEST));
+    Ok(Json(report?))
 }
 
 pub struct Fake {

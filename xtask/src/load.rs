@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 /// What to send.
@@ -22,17 +22,18 @@ pub struct Wrk<'a> {
     pub run: &'a str,
 }
 
-/// wrk's summary as the Lua `done()` prints it.
-#[derive(Debug, Clone, Deserialize)]
+/// wrk's summary as the Lua `done()` prints it (the benchmark's results carry it as is).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
     /// Requests per second over the run.
     pub rps: f64,
+    #[serde(skip_serializing)]
     pub duration_us: u64,
-    /// Non-2xx answers plus socket errors.
+    /// Non-2xx answers plus socket errors (the benchmark adds the proxy's own non-2xx).
     pub errors: u64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p99_9_us: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p99_9_ms: f64,
 }
 
 impl Wrk<'_> {
