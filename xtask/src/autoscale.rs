@@ -267,9 +267,13 @@ pub async fn run(a: Args) -> Result<()> {
         if t > END {
             break;
         }
-        let (rate, slow) = plan(&a, t);
-        fake.set(json!({"latency_ms": if slow { 300 } else { 0 }})).await?;
-        lock(&offered).0 = (rate, slow);
+        // The answers in `done` were offered under the plan set at the previous sync: the row
+        // records that plan (else the slow phase's last answers count against the ramp), then
+        // the next one is set.
+        let (rate, slow) = lock(&offered).0;
+        let next = plan(&a, t);
+        fake.set(json!({"latency_ms": if next.1 { 300 } else { 0 }})).await?;
+        lock(&offered).0 = next;
         let done = std::mem::take(&mut *lock(&outcomes));
         let p99 = percentile(&done.iter().map(|o| o.latency_ms).collect::<Vec<_>>(), 0.99);
         let names: Vec<&str> = pods.iter().map(|p| p.proxy.proc.name.as_str()).collect();
