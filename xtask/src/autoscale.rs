@@ -29,7 +29,7 @@ use crate::Targets;
 use crate::bench::{machine, update_docs};
 use crate::client::{Outcome, Shouter, percentile};
 use crate::fake::Fake;
-use crate::proc::{External, Proxy, out_dir, root};
+use crate::proc::{External, Proxy, cpu_seconds, out_dir, root};
 use crate::prom::scale_ranges;
 
 #[derive(clap::Args)]
@@ -57,13 +57,14 @@ pub struct Args {
     update_docs: bool,
 }
 
-/// The HPA controller: the manifest's replica bounds and `behavior` (read at every sync, its
-/// durations divided by `compress`), past recommendations and scale events.
+/// The HPA controller: the manifest's replica bounds and `behavior` (read at every sync),
+/// past recommendations and scale events. It runs on the manifest's time (the simulation's
+/// seconds times `--compress`), so the manifest's durations apply as they are.
+#[derive(Default)]
 struct Hpa {
     min: usize,
     max: usize,
     behavior: Value,
-    compress: f64,
     recommendations: Vec<(f64, usize)>,
     events: Vec<(f64, i64)>,
 }
@@ -92,9 +93,9 @@ fn proposal(current: usize, values: &[Option<f64>], target: f64) -> usize {
 }
 
 impl Hpa {
-    /// One sync at time `t`: the largest proposal, stabilized, then limited by the policies.
+    /// One sync at `t` (manifest seconds): the largest proposal, stabilized, then limited by the policies.
     fn step(&mut self, t: f64, current: usize, desired: usize) -> usize {
-        let seconds = |v: &Value| v.as_f64().unwrap_or(0.0) / self.compress;
+        let seconds = |v: &Value| v.as_f64().unwrap_or(0.0);
         let (up_rules, down_rules) = (&self.behavior["scaleUp"], &self.behavior["scaleDown"]);
         let within = |w: f64| self.recommendations.iter().filter(move |r| r.0 > t - w).map(|r| r.1);
         let up = within(seconds(&up_rules["stabilizationWindowSeconds"])).chain([desired]).min().unwrap_or(desired);
@@ -145,7 +146,6 @@ fn cgroup(name: &str, cores: f64, pid: u32) -> Result<PathBuf> {
 }
 
 struct Pod {
-    name: String,
     proxy: Proxy,
     cgroup: PathBuf,
     shouter: Shouter,
@@ -180,8 +180,8 @@ pub async fn run(a: Args) -> Result<()> {
     let (pods_metric, cpu_metric) = (&find("Pods")?["pods"], &find("Resource")?["resource"]);
     let (rate_target, cpu_target) =
         (num(&pods_metric["target"]["averageValue"]) * scale, num(&cpu_metric["target"]["averageUtilization"]) / 100.0);
-    let custom = adapter["rules"]["custom"].as_sequence().context("the adapter has no custom rules")?;
-    let rule = custom.iter().find(|r| r["name"]["as"] == pods_metric["metric"]["name"]);
+    let mut rules = adapter["rules"]["custom"].as_sequence().into_iter().flatten();
+    let rule = rules.find(|r| r["name"]["as"] == pods_metric["metric"]["name"]);
     let rule = rule.context("no adapter rule serves the HPA's Pods metric")?;
     let series = rule["name"]["matches"].as_str().unwrap_or_default().trim_matches(|c| c == '^' || c == '$');
     let template =
@@ -191,9 +191,7 @@ pub async fn run(a: Args) -> Result<()> {
         min: (num(&spec["minReplicas"]) as usize).max(1), // 1 when absent, as in Kubernetes
         max: (num(&spec["maxReplicas"]) as usize).min(a.max_pods),
         behavior: spec["behavior"].clone(),
-        compress: f,
-        recommendations: vec![],
-        events: vec![],
+        ..Hpa::default()
     };
     eprintln!(
         "[autoscale] per replica: {} cores, request {request:.3}, targets {rate_target:.0} req/s and {:.0} % CPU; time / {f}",
@@ -234,16 +232,15 @@ pub async fn run(a: Args) -> Result<()> {
     });
 
     let (mut pods, mut retiring, mut rows) = (Vec::<Pod>::new(), Vec::<(Instant, Pod)>::new(), vec![]);
-    let (start, mut started, mut was_slow) = (Instant::now(), 0, true);
+    let (start, mut started) = (Instant::now(), 0);
     let mut sync = tokio::time::interval(Duration::from_secs_f64(15.0 / f));
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sync.tick().await;
     let mut want = hpa.min;
     loop {
         while pods.len() < want {
-            let name = format!("pod-{started}");
-            let proxy =
-                Proxy::start(&format!("autoscale-{name}"), &fake.shout_url(), &["--log-format", "json"]).await?;
+            let name = format!("autoscale-pod-{started}");
+            let proxy = Proxy::start(&name, &fake.shout_url(), &["--log-format", "json"]).await?;
             let shouter = Shouter::new(&proxy.url)?;
             // Warmed before its quota: start-up work (and, while shoutcloud is slow, the first
             // timeouts that open its breaker) would take 1 / --pod-cpu times longer than in a
@@ -251,13 +248,13 @@ pub async fn run(a: Args) -> Result<()> {
             shouter.all(&(0..20).map(|i| format!("warm {started} {i}")).collect::<Vec<_>>(), 20).await;
             let cgroup =
                 cgroup(&format!("shout-autoscale-{}-{started}", std::process::id()), a.pod_cpu, proxy.proc.pid())?;
-            pods.push(Pod { name, proxy, cgroup, shouter, cpu: vec![] });
+            pods.push(Pod { proxy, cgroup, shouter, cpu: vec![] });
             started += 1;
         }
         while pods.len() > want {
             retiring.extend(pods.pop().map(|p| (Instant::now(), p)));
         }
-        let targets: Vec<_> = pods.iter().map(|p| json!({"targets": [p.proxy.admin.trim_start_matches("http://")], "labels": {"namespace": "sim", "pod": p.name}})).collect();
+        let targets: Vec<_> = pods.iter().map(|p| json!({"targets": [p.proxy.admin.trim_start_matches("http://")], "labels": {"namespace": "sim", "pod": p.proxy.proc.name}})).collect();
         std::fs::write(prom_dir.join("targets.tmp"), serde_json::to_string(&targets)?)?;
         std::fs::rename(prom_dir.join("targets.tmp"), prom_dir.join("targets.json"))?;
         for (_, old) in retiring.extract_if(.., |(at, _)| at.elapsed() > Duration::from_secs(2)) {
@@ -270,15 +267,16 @@ pub async fn run(a: Args) -> Result<()> {
         if t > END {
             break;
         }
-        let (rate, slow) = plan(&a, t);
-        if was_slow != slow {
-            fake.set(json!({"latency_ms": if slow { 300 } else { 0 }})).await?;
-            was_slow = slow;
-        }
-        lock(&offered).0 = (rate, slow);
+        // The answers in `done` were offered under the plan set at the previous sync: the row
+        // records that plan (else the slow phase's last answers count against the ramp), then
+        // the next one is set.
+        let (rate, slow) = lock(&offered).0;
+        let next = plan(&a, t);
+        fake.set(json!({"latency_ms": if next.1 { 300 } else { 0 }})).await?;
+        lock(&offered).0 = next;
         let done = std::mem::take(&mut *lock(&outcomes));
         let p99 = percentile(&done.iter().map(|o| o.latency_ms).collect::<Vec<_>>(), 0.99);
-        let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<&str> = pods.iter().map(|p| p.proxy.proc.name.as_str()).collect();
         let matchers = format!("namespace=\"sim\",pod=~\"{}\"", names.join("|"));
         let q = scale_ranges(&template.replace("<<.LabelMatchers>>", &matchers), f, 0.0)?;
         let body: serde_json::Value = http.get(&prom).query(&[("query", &q)]).send().await?.json().await?;
@@ -288,15 +286,15 @@ pub async fn run(a: Args) -> Result<()> {
         let result = body["data"]["result"].as_array().cloned().unwrap_or_default();
         let (mut rates, mut cpus) = (vec![], vec![]);
         for pod in &mut pods {
-            let series = result.iter().find(|s| s["metric"]["pod"] == pod.name.as_str());
+            let series = result.iter().find(|s| s["metric"]["pod"] == pod.proxy.proc.name.as_str());
             rates.push(series.and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()));
             // Over 4 sync periods: /proc counts 10-ms ticks, 27 % of the request in one period.
-            let now = pod.proxy.proc.cpu_seconds();
+            let now = cpu_seconds(pod.proxy.proc.pid());
             cpus.push(pod.cpu.first().map(|(then, cpu)| (now - cpu) / (t - then) / request));
             pod.cpu = [&pod.cpu[pod.cpu.len().saturating_sub(3)..], &[(t, now)]].concat();
         }
         let desired = proposal(pods.len(), &rates, rate_target).max(proposal(pods.len(), &cpus, cpu_target));
-        want = hpa.step(t, pods.len(), desired);
+        want = hpa.step(t * f, pods.len(), desired);
         let errors = done.iter().filter(|o| !o.correct).count();
         let fallbacks = done.iter().filter(|o| o.source == "fallback").count();
         if let Some(wrong) = done.iter().find(|o| !o.correct) {
@@ -314,12 +312,13 @@ pub async fn run(a: Args) -> Result<()> {
         pod.proxy.proc.stop().await;
         let _ = std::fs::remove_dir(&pod.cgroup);
     }
-    report(&a, &rows, hpa.min)
+    report(&a, &rows, hpa.min, want)
 }
 
 type Row = (f64, f64, usize, f64, bool, usize, usize, usize);
 
-fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
+/// `last`: the HPA's decision at the last sync, which the rows (replicas before it) do not show.
+fn report(a: &Args, rows: &[Row], min: usize, last: usize) -> Result<()> {
     let slow: Vec<&Row> = rows.iter().filter(|r| r.4).collect();
     let max_slow = slow.iter().map(|r| r.2).max().unwrap_or(0);
     let (answers, fallbacks) = slow.iter().fold((0, 0), |(a, f), r| (a + r.7, f + r.6));
@@ -327,7 +326,6 @@ fn report(a: &Args, rows: &[Row], min: usize) -> Result<()> {
     let first_bad = rows.iter().find(|r| !r.4 && r.3 > a.p99_ms).map(|r| r.0);
     let plateau = rows.iter().filter(|r| r.1 >= a.peak).map(|r| r.3).fold(0.0, f64::max);
     let errors: usize = rows.iter().map(|r| r.5).sum();
-    let last = rows.last().map_or(0, |r| r.2);
     let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t:.1} s"));
     let mut targets = Targets::new("autoscale");
     targets.check(

@@ -131,12 +131,7 @@ async fn with(no_fake: bool, command: &[String]) -> anyhow::Result<()> {
     if !first.correct || first.source != if no_fake { "fallback" } else { "upstream" } {
         anyhow::bail!("a first shout answered by {:?}: {}", first.source, first.error);
     }
-    eprintln!(
-        "[with] shout-proxy on {} (upstream: {}), the first shout answered by {}",
-        proxy.url,
-        fake.as_ref().map_or("a closed port", |f| &f.base),
-        first.source
-    );
+    eprintln!("[with] shout-proxy on {}, the first shout answered by {}", proxy.url, first.source);
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]).env("BASE_URL", &proxy.url).envs(fake.as_ref().map(|f| ("FAKE_URL", &f.base)));
     let status = cmd.status().await?;

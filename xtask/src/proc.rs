@@ -32,10 +32,10 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A release binary of this workspace: `shout-proxy`, `xtask`.
+/// A release binary of this workspace (`shout-proxy`): next to the running xtask, which
+/// `cargo xtask` builds in release into the same target directory.
 pub fn release_bin(name: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    let path = target.join("release").join(name);
+    let path = std::env::current_exe()?.with_file_name(name);
     if !path.exists() {
         bail!("{} is missing: cargo build --release --bin shout-proxy", path.display());
     }
@@ -69,29 +69,6 @@ impl Proc {
         self.child.id().unwrap_or(0)
     }
 
-    /// Polls `url` until it answers 2xx (any answer when `any`); fails when the deadline passes
-    /// or the process exits.
-    pub async fn wait_ready(&mut self, url: &str, deadline: Duration, any: bool) -> Result<()> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
-        let answers = async || http.get(url).send().await.is_ok_and(|r| any || r.status().is_success());
-        self.wait_until(url, deadline, answers).await
-    }
-
-    /// Polls `ready` every 50 ms until it holds; fails when the deadline passes or the process exits.
-    async fn wait_until(&mut self, what: &str, deadline: Duration, ready: impl AsyncFn() -> bool) -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited ({status}) before it was ready; see {}", self.name, self.log.display());
-            }
-            if ready().await {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("{} not ready at {what} after {deadline:?}; see {}", self.name, self.log.display())
-    }
-
     /// Kills the process and waits until it is gone (a drop only sends the signal).
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
@@ -109,11 +86,6 @@ impl Proc {
     /// Resident and peak resident memory (VmRSS, VmHWM) in MiB, from /proc; zeros once it is gone.
     pub fn rss_mib(&self) -> (f64, f64) {
         rss_mib(self.pid())
-    }
-
-    /// User + system CPU seconds of the process, from /proc; zero once it is gone.
-    pub fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self.pid())
     }
 }
 
@@ -146,17 +118,14 @@ impl Proxy {
 
     /// As [`Proxy::start`], pinned to `cpus` (`taskset -c`, which execs: the pid is the proxy's).
     pub async fn start_on(name: &str, upstream_url: &str, extra: &[&str], cpus: Option<&str>) -> Result<Proxy> {
-        let (port, admin) = (free_port()?, free_port()?);
-        let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
-        let flags =
-            ["--listen", &listen, "--admin-listen", &admin_listen, "--upstream-url", upstream_url, "--drain-ms", "0"];
         let bin = release_bin("shout-proxy")?.display().to_string();
-        let pin = cpus.map_or(vec![], |cpus| vec!["-c", cpus, &bin]);
-        let args: Vec<String> = pin.iter().chain(&flags).chain(extra).map(|a| a.to_string()).collect();
-        let mut proc = Proc::spawn(name, Path::new(if cpus.is_some() { "taskset" } else { &bin }), &args)?;
-        let admin = format!("http://127.0.0.1:{admin}");
-        proc.wait_ready(&format!("{admin}/readyz"), Duration::from_secs(15), false).await?;
-        Ok(Proxy { proc, url: format!("http://127.0.0.1:{port}"), admin })
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let flags =
+            ["--listen", &listen, "--admin-listen=127.0.0.1:@PORT@", "--upstream-url", upstream_url, "--drain-ms", "0"];
+        let pin = cpus.map_or(vec![], |cpus| vec!["taskset", "-c", cpus]);
+        let command = [&pin[..], &[bin.as_str()], &flags, extra].concat();
+        let admin = External::start(name, command[0], &command[1..], "", Some("/readyz"), None).await?;
+        Ok(Proxy { url: format!("http://{listen}"), admin: admin.url(), proc: admin.proc })
     }
 
     /// One scrape of `/metrics`.
@@ -184,7 +153,8 @@ impl Proxy {
     }
 }
 
-/// An external server on a loopback port (a free one unless given): `config` is written to
+/// An external server (or the service itself: [`Proxy::start_on`] passes its admin port) on a
+/// loopback port (a free one unless given): `config` is written to
 /// `target/xtask/<name>/config` with `@PORT@` and `@DIR@` replaced, `args` get the same
 /// replacements, and the server is ready when `ready_path` answers 2xx over HTTP (pass `None`
 /// for a non-HTTP server such as redis-server: then ready is "the port accepts").
@@ -209,15 +179,23 @@ impl External {
         std::fs::write(dir.join("config"), fill(config))?;
         let args: Vec<String> = args.iter().map(|a| fill(a)).collect();
         let mut proc = Proc::spawn(name, Path::new(program), &args)?;
-        let deadline = Duration::from_secs(30);
-        match ready_path {
-            Some(path) => proc.wait_ready(&format!("http://127.0.0.1:{port}{path}"), deadline, false).await?,
-            None => {
-                let accepts = async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok();
-                proc.wait_until(&format!("port {port}"), deadline, accepts).await?
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+        let url = format!("http://127.0.0.1:{port}{}", ready_path.unwrap_or_default());
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Some(status) = proc.child.try_wait()? {
+                bail!("{name} exited ({status}) before it was ready; see {}", proc.log.display());
             }
+            let ready = match ready_path {
+                Some(_) => http.get(&url).send().await.is_ok_and(|r| r.status().is_success()),
+                None => tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+            };
+            if ready {
+                return Ok(External { proc, port });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(External { proc, port })
+        bail!("{name} not ready at {url} after 30 s; see {}", proc.log.display())
     }
 
     /// Debian's `redis-server` on a free port, no persistence.
