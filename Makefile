@@ -62,8 +62,9 @@ validate: ## Lint and validate Dockerfile, k8s manifests and workflows
 prometheus-check: ## Check the Prometheus rules, alerts and their tests
 	bash .ci/prometheus-check.sh
 
-bench: ## Run the load benchmark
-	bash .ci/bench.sh
+bench: ## Run the load benchmark (needs wrk)
+	cargo build --release --locked --bin shout-proxy
+	cargo xtask bench
 
 pin-image: ## Pin OVERLAY's image to IMAGE=<registry>/<name>@sha256:<digest> (then commit it)
 	@[[ "$(IMAGE)" =~ ^[a-z0-9.:/_-]+@sha256:[0-9a-f]{64}$$ ]] \

@@ -17,7 +17,7 @@ use prometheus::{IntGauge, Registry};
 /// Bytes counted for every entry on top of its key and value: moka's node, its access-order
 /// and expiry bookkeeping, the `Arc` headers and the hash table slot. Measured: one million
 /// unique short inputs grew resident memory by about 490 bytes per cached entry beyond its
-/// strings (`.ci/bench.sh`, memory run), so 512 keeps the byte bound a bound on memory.
+/// strings (`cargo xtask bench`, memory run), so 512 keeps the byte bound a bound on memory.
 const ENTRY_OVERHEAD_BYTES: u32 = 512;
 
 /// A confirmed answer as the single flight hands it to every request waiting on it.
