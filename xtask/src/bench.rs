@@ -375,10 +375,11 @@ fn tables(args: &Args, secs: f64, rounds: usize, best: &[Measure], sweep: &[Meas
     out
 }
 
-/// The machine a report was measured on: cores and load average.
+/// The machine a report was measured on: its cores (all of them, whatever this process is pinned
+/// to) and load average.
 pub fn machine() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = procfs::Current::current().map_or(0, |c: procfs::CpuInfo| c.num_cores());
     format!("{cores} cores, load average {}", load.split(' ').take(3).collect::<Vec<_>>().join(" "))
 }
 
