@@ -14,6 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # whole rule file, `groups:` included, becomes `spec`. Block scalars keep their relative
 # indentation.
 rule() {
+  grep -q '^spec:$' k8s/monitoring/prometheusrule.yaml || { echo "k8s/monitoring/prometheusrule.yaml has no 'spec:' line" >&2; exit 1; }
   sed '/^spec:$/q' k8s/monitoring/prometheusrule.yaml
   sed -e 's/^\(.\)/  \1/' prometheus/alerts.yaml
 }

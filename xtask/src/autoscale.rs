@@ -259,7 +259,7 @@ pub async fn run(a: Args) -> Result<()> {
         std::fs::rename(prom_dir.join("targets.tmp"), prom_dir.join("targets.json"))?;
         for (_, old) in retiring.extract_if(.., |(at, _)| at.elapsed() > Duration::from_secs(2)) {
             old.proxy.proc.stop().await;
-            let _ = std::fs::remove_dir(&old.cgroup);
+            std::fs::remove_dir(&old.cgroup).with_context(|| format!("removing {}", old.cgroup.display()))?;
         }
         lock(&offered).1 = pods.iter().map(|p| p.shouter.clone()).collect();
         sync.tick().await;
@@ -310,7 +310,7 @@ pub async fn run(a: Args) -> Result<()> {
     for pod in pods.into_iter().chain(retiring.into_iter().map(|r| r.1)) {
         pod.proxy.proc.assert_no_panic()?;
         pod.proxy.proc.stop().await;
-        let _ = std::fs::remove_dir(&pod.cgroup);
+        std::fs::remove_dir(&pod.cgroup).with_context(|| format!("removing {}", pod.cgroup.display()))?;
     }
     report(&a, &rows, hpa.min, want)
 }

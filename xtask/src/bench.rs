@@ -5,9 +5,10 @@
 //! Rounds are interleaved (every round runs every scenario) so a noisy machine's drift hits all
 //! alike; every round is kept and the best one per scenario counts. Each scenario starts its own
 //! shout-proxy, so its peak RSS is its own; the fake and the reference handler are served by the
-//! harness itself, so theirs are the harness's CPU and peak RSS. Then a one-CPU concurrency sweep
-//! gives the request rate one pod sustains within the p99 goal (the HPA target), and a memory run
-//! pushes unique inputs through the bounded cache.
+//! harness itself, so theirs are the harness's CPU and peak RSS. Then a memory run pushes
+//! unique inputs through the bounded cache, and last (it pins the harness to one CPU for good) a
+//! one-CPU concurrency sweep gives the request rate one pod sustains within the p99 goal (the HPA
+//! target).
 
 use std::path::Path;
 use std::time::Duration;

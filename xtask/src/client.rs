@@ -71,14 +71,17 @@ impl Shouter {
     /// until `done` says so of the outcomes so far (checked after each).
     pub async fn paced(&self, tag: &str, pace: Duration, mut done: impl FnMut(&[Outcome]) -> bool) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
-        loop {
+        // `done` is asked after each answer and again before the next request starts, so a stop
+        // that depends on time never lets one more request out.
+        while outcomes.is_empty() || !done(&outcomes) {
             let next = tokio::time::sleep(pace);
             outcomes.push(self.shout(outcomes.len(), &format!("{tag} #{}", outcomes.len())).await);
             if done(&outcomes) {
-                return outcomes;
+                break;
             }
             next.await;
         }
+        outcomes
     }
 
     /// Every text once, `concurrency` at a time (request `i` for `texts[i]`), in completion order.

@@ -241,7 +241,7 @@ pub async fn run(Args { modes }: Args) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let head = format!(
         "`cargo xtask drill`: {REQUESTS} unique requests per mode, {CONCURRENCY} concurrent, hard-down modes over {HARD_DOWN_SECS} s; proxy defaults with `--breaker-open-ms 2000`; a fresh proxy per mode; {secs:.0} s.\n\n{}\n\
-         Upstream calls: the fake's `GET /control` count, or the connections the reset server accepted; ¹ nothing listens on a refused port, so the proxy's `shout_upstream_attempts_total`.",
+         Upstream calls: the fake's call count, or the connections the reset server accepted; ¹ nothing listens on a refused port, so the proxy's `shout_upstream_attempts_total`.",
         table(HEADER, &rows)
     );
     t.report(&head, "fault-drill.md")?;

@@ -101,10 +101,24 @@ struct State {
     /// Calls received since start (never reset: the checks count differences).
     calls: AtomicU64,
     in_flight: AtomicU64,
-    /// In flight seen per call since the last [`Fake::set`]: sum, samples, max.
-    seen: [AtomicU64; 3],
+    /// In flight seen per call since the last [`Fake::set`].
+    seen: Seen,
     /// Handler panics caught by `CatchPanic`.
     panics: AtomicU64,
+}
+
+/// Calls in flight as each call saw them on arrival.
+#[derive(Default)]
+struct Seen {
+    sum: AtomicU64,
+    samples: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Seen {
+    fn all(&self) -> [&AtomicU64; 3] {
+        [&self.sum, &self.samples, &self.max]
+    }
 }
 
 /// Decrements the in-flight count however the call ends (a hung call is dropped).
@@ -132,9 +146,9 @@ async fn shout(state: Data<&Arc<State>>, body: Json<ShoutIn>) -> Response {
     state.calls.fetch_add(1, Ordering::Relaxed);
     let in_flight = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = InFlight(&state.in_flight);
-    state.seen[0].fetch_add(in_flight, Ordering::Relaxed);
-    state.seen[1].fetch_add(1, Ordering::Relaxed);
-    state.seen[2].fetch_max(in_flight, Ordering::Relaxed);
+    state.seen.sum.fetch_add(in_flight, Ordering::Relaxed);
+    state.seen.samples.fetch_add(1, Ordering::Relaxed);
+    state.seen.max.fetch_max(in_flight, Ordering::Relaxed);
     let knobs = state.knobs.read().await.clone();
     let mut latency = knobs.latency_ms as f64;
     if knobs.knee > 0 && in_flight > knobs.knee {
@@ -185,14 +199,14 @@ impl State {
     async fn set(&self, knobs: Value) -> Result<Value> {
         let knobs: Knobs = serde_json::from_value(knobs)?;
         *self.knobs.write().await = Knobs { failure_rate: knobs.failure_rate.clamp(0.0, 1.0), ..knobs };
-        self.seen.iter().for_each(|n| n.store(0, Ordering::Relaxed));
+        self.seen.all().iter().for_each(|n| n.store(0, Ordering::Relaxed));
         Ok(self.report().await)
     }
 
     /// Knobs, calls and the in-flight statistics.
     async fn report(&self) -> Value {
         let knobs = self.knobs.read().await.clone();
-        let [sum, samples, max] = self.seen.each_ref().map(|n| n.load(Ordering::Relaxed));
+        let [sum, samples, max] = self.seen.all().map(|n| n.load(Ordering::Relaxed));
         let now = self.in_flight.load(Ordering::Relaxed);
         let in_flight = json!({"now": now, "mean": sum as f64 / samples.max(1) as f64, "max": max, "samples": samples});
         json!({"knobs": knobs, "calls": self.calls.load(Ordering::Relaxed), "in_flight": in_flight})

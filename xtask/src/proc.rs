@@ -161,6 +161,8 @@ impl Proxy {
 pub struct External {
     pub proc: Proc,
     pub port: u16,
+    /// `http://127.0.0.1:PORT`, or `redis://127.0.0.1:PORT/` for redis-server.
+    url: String,
 }
 
 impl External {
@@ -191,7 +193,7 @@ impl External {
                 None => tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
             };
             if ready {
-                return Ok(External { proc, port });
+                return Ok(External { proc, port, url: format!("http://127.0.0.1:{port}") });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -206,7 +208,8 @@ impl External {
     /// As [`External::redis`], on `port`: a restart where its clients already point.
     pub async fn redis_on(name: &str, port: u16) -> Result<External> {
         let args = ["--port", "@PORT@", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
-        External::start(name, "redis-server", &args, "", None, Some(port)).await
+        let redis = External::start(name, "redis-server", &args, "", None, Some(port)).await?;
+        Ok(External { url: format!("redis://127.0.0.1:{port}/"), ..redis })
     }
 
     /// Debian's `prometheus` with `config` (see [`External::start`] for `@DIR@`), `extra` flags.
@@ -216,9 +219,9 @@ impl External {
         External::start(name, "prometheus", &flags, config, Some("/-/ready"), None).await
     }
 
-    /// `http://127.0.0.1:PORT`, or `redis://127.0.0.1:PORT/` for redis-server.
+    /// `http://127.0.0.1:PORT`, or `redis://127.0.0.1:PORT/` for redis-server (the scheme is
+    /// set by the starter, never guessed from a name: a proxy may be named after its Redis).
     pub fn url(&self) -> String {
-        let scheme = if self.proc.name.contains("redis") { "redis" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}{}", self.port, if scheme == "redis" { "/" } else { "" })
+        self.url.clone()
     }
 }
