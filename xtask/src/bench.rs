@@ -98,9 +98,12 @@ struct Stack {
     kind: &'static str,
     url: String,
     proxy: Option<Proxy>,
-    /// What else the scenario serves (the fake, Redis, the reference handler's stop signal): held
-    /// only to be dropped, which stops them, with the stack.
-    _servers: Vec<Box<dyn std::any::Any + Send>>,
+    // What else the scenario serves, held only to be stopped when the stack drops (fields drop in
+    // this order: the proxy first, then its upstream and Redis).
+    _fake: Option<Fake>,
+    _redis: Option<External>,
+    /// The bare reference handler's stop signal.
+    _reference: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
@@ -112,16 +115,22 @@ async fn expect(proxy: &Proxy, text: &str, source: &str) -> Result<()> {
 }
 
 impl Stack {
+    /// A stack that serves nothing yet.
+    fn new(kind: &'static str, url: String) -> Stack {
+        Stack { kind, url, proxy: None, _fake: None, _redis: None, _reference: None }
+    }
+
     /// `kind`'s stack: the fake with start-up `knobs`, shout-proxy with `extra` flags (as needed).
     async fn start(kind: &'static str, knobs: &[&str], extra: &[&str], run: &str, cpus: Option<&str>) -> Result<Stack> {
         let tag = format!("bench-{kind}");
         if kind.starts_with("bare") {
             let (base, stop) = serve("127.0.0.1:0", poem::Route::new().at("/", poem::post(reference))).await?;
-            return Ok(Stack { kind, url: format!("{base}/"), proxy: None, _servers: vec![Box::new(stop)] });
+            return Ok(Stack { _reference: Some(stop), ..Stack::new(kind, format!("{base}/")) });
         }
         let fake = Fake::start(&format!("{tag}-fake"), knobs).await?;
         if kind == "upstream-direct" {
-            return Ok(Stack { kind, url: fake.shout_url(), proxy: None, _servers: vec![Box::new(fake)] });
+            let url = fake.shout_url();
+            return Ok(Stack { _fake: Some(fake), ..Stack::new(kind, url) });
         }
         let redis = if REDIS.contains(&kind) { Some(External::redis(&format!("{tag}-redis")).await?) } else { None };
         let redis_url = redis.as_ref().map(External::url);
@@ -143,7 +152,7 @@ impl Stack {
             _ => {}
         }
         let url = format!("{}/", proxy.url);
-        Ok(Stack { kind, url, proxy: Some(proxy), _servers: vec![Box::new(fake), Box::new(redis)] })
+        Ok(Stack { proxy: Some(proxy), _fake: Some(fake), _redis: redis, ..Stack::new(kind, url) })
     }
 
     /// wrk against this stack: one fixed input on the hit paths, the fake's JSON field when it is the target.
